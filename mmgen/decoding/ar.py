@@ -1,0 +1,35 @@
+"""Baseline autoregressive decoding: one token per forward pass, static KV cache (LlamaGen / gpt-fast)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from .base import DecodeResult, Decoder, register_decoder
+from .sampling import SamplingConfig, pick
+
+
+@register_decoder("ar")
+class ARDecoder(Decoder):
+    """N forward passes for N tokens (prefill predicts token 0, then one step per token)."""
+
+    def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
+        stats, t0 = self._start(state)
+        b, n = state.batch_size, state.num_tokens
+        dev = state.first_logits.device
+        tokens = torch.empty(b, n, dtype=torch.long, device=dev)
+        logits = state.first_logits  # (B, V)
+        for i in range(n):
+            tokens[:, i] = pick(logits, sampling, rng)
+            stats.accepted_lengths.extend([1] * b)
+            if callback is not None:
+                new = callback(i, tokens[:, : i + 1])
+                if new is not None:
+                    tokens[:, : i + 1] = new
+            if i + 1 < n:
+                pos = torch.full((b, 1), i, dtype=torch.long, device=dev)
+                logits = generator.forward_step(state, tokens[:, i : i + 1], pos).logits[:, -1]
+                stats.forward_passes += 1
+        stats.wall_time = time.perf_counter() - t0
+        return DecodeResult(tokens, stats)

@@ -1,0 +1,87 @@
+"""The decoder contract and the statistics every decoder returns.
+
+``Decoder.decode(generator, state, sampling, rng, callback) -> DecodeResult(tokens (B, N), stats)``.
+Decoders see only the generator contract (``prefill`` already done -> ``state``; ``forward_step``;
+``state.truncate``) and, where needed, the tokenizer's codebook. Register new methods with
+:func:`register_decoder` so pipelines, CLI, app and scripts accept them by name.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .sampling import SamplingConfig
+
+
+@dataclass
+class DecodeStats:
+    """Same fields for every method. ``accepted_lengths``: tokens committed per forward pass per row."""
+
+    method: str = ""
+    forward_passes: int = 0  # generator calls (prefill counts as one)
+    tokens: int = 0  # tokens generated per image
+    batch_size: int = 1
+    wall_time: float = 0.0  # seconds
+    accepted_lengths: list = field(default_factory=list)
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return self.tokens / max(self.forward_passes, 1)
+
+    def histogram(self) -> dict[int, int]:
+        return dict(sorted(Counter(self.accepted_lengths).items()))
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "forward_passes": self.forward_passes, "tokens": self.tokens,
+                "batch_size": self.batch_size, "tokens_per_forward": round(self.tokens_per_forward, 4),
+                "wall_time": round(self.wall_time, 4), "accepted_length_histogram": self.histogram()}
+
+
+@dataclass
+class DecodeResult:
+    tokens: torch.Tensor  # (B, N) long, in the generator's token order
+    stats: DecodeStats
+
+
+# callback(step_index, tokens_so_far (B, n)) -> optional replacement tokens
+StepCallback = Callable[[int, torch.Tensor], "torch.Tensor | None"]
+
+
+class Decoder:
+    name = "base"
+
+    def decode(self, generator, state, sampling: SamplingConfig, rng: torch.Generator | None = None,
+               callback: StepCallback | None = None) -> DecodeResult:
+        raise NotImplementedError
+
+    def _start(self, state) -> tuple[DecodeStats, float]:
+        return DecodeStats(method=self.name, forward_passes=1, tokens=state.num_tokens,
+                           batch_size=state.batch_size), time.perf_counter()
+
+
+DECODERS: dict[str, type[Decoder]] = {}
+
+
+def register_decoder(name: str):
+    def deco(cls):
+        cls.name = name
+        DECODERS[name] = cls
+        return cls
+
+    return deco
+
+
+def get_decoder(decoding: "str | Decoder", **options) -> Decoder:
+    """A decoder object from a registered name plus options, or the object itself."""
+    if isinstance(decoding, Decoder):
+        if options:
+            raise ValueError("decoding options are only accepted together with a decoder name")
+        return decoding
+    if decoding not in DECODERS:
+        raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
+    return DECODERS[decoding](**options)

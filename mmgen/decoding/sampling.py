@@ -1,0 +1,64 @@
+"""The one function that turns logits into the final sampling distribution ``p``.
+
+Order as in LlamaGen/gpt-fast: (CFG already mixed by the generator) -> temperature -> top-k ->
+top-p (HF-style: keep the smallest prefix whose mass reaches p, always >= 1 token) -> softmax.
+Speculative decoders must use this same ``p`` for acceptance and residuals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    do_sample: bool = True  # False = greedy (argmax of the CFG-mixed logits)
+
+    def __post_init__(self):
+        if not (self.temperature > 0):
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+
+
+def final_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    """logits (..., V) -> probabilities (..., V) in float32 after temperature, top-k and top-p."""
+    x = logits.float() / cfg.temperature
+    if cfg.top_k and cfg.top_k < x.shape[-1]:
+        kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        cum = sorted_x.softmax(-1).cumsum(-1)
+        drop = cum > cfg.top_p
+        drop[..., 1:] = drop[..., :-1].clone()  # shift right: keep the token that crosses p
+        drop[..., 0] = False
+        x = x.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return x.softmax(-1)
+
+
+def sample_from(probs: torch.Tensor, generator: "torch.Generator | list | None") -> torch.Tensor:
+    """probs (B, V) -> ids (B,) drawn with ``generator`` (the only source of randomness).
+
+    A list of B generators draws row b with generator b, so a row's result does not depend on
+    which other rows share its batch (batch scripts rely on this).
+    """
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != probs.shape[0]:
+            raise ValueError(f"generator list must have one generator per row ({probs.shape[0]}), got {len(generator)}")
+        return torch.cat([torch.multinomial(p[None], 1, generator=g)[:, 0] for p, g in zip(probs, generator)])
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:
+    """logits (B, V) -> next ids (B,): argmax when greedy, else a draw from ``final_probs``."""
+    if not cfg.do_sample:
+        return logits.argmax(-1)
+    return sample_from(final_probs(logits, cfg), generator)

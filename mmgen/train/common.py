@@ -1,0 +1,102 @@
+"""Training utilities shared by every trainer: threads, seeding, resumable safetensors checkpoints.
+
+Checkpoints never use pickle: model weights go through ``save_pretrained`` (safetensors), the
+optimizer state is flattened into a second safetensors file with its hyper-parameters as JSON
+metadata. Every write goes to a temporary folder that is renamed into place, so an interrupted
+run leaves either the previous checkpoint or the new one, never a partial file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def set_threads(n: int | None = None) -> int:
+    """Set torch's intra-op threads explicitly (default: ``MMGEN_THREADS`` or 1) and return it."""
+    n = int(n or os.environ.get("MMGEN_THREADS", 1))
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {n}")
+    torch.set_num_threads(n)
+    return n
+
+
+def atomic_dir(final: str | os.PathLike):
+    """Context manager yielding a temp folder next to ``final`` that replaces ``final`` on success."""
+    final = Path(final)
+
+    class _Ctx:
+        def __enter__(self):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            return self.tmp
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                return False
+            old = final.with_name(f".{final.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            if final.exists():
+                final.rename(old)
+            self.tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+            return False
+
+    return _Ctx()
+
+
+def optimizer_to_safetensors(opt: torch.optim.Optimizer, path: Path) -> None:
+    sd = opt.state_dict()
+    tensors, scalars = {}, {}
+    for idx, st in sd["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"{idx}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars[f"{idx}.{k}"] = v
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def optimizer_from_safetensors(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata()
+    tensors = load_file(str(path))
+    state: dict = {}
+    for key, v in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in json.loads(meta["scalars"]).items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    groups = json.loads(meta["param_groups"])
+    for g in groups:  # JSON turned tuples (betas) into lists
+        for k, v in g.items():
+            if k != "params" and isinstance(v, list):
+                g[k] = tuple(v)
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(folder: str | os.PathLike, models: dict, optimizer: torch.optim.Optimizer | None,
+                    step: int, extra: dict | None = None) -> None:
+    """Atomically write ``models`` (name -> object with save_pretrained), optimizer and step to ``folder``."""
+    with atomic_dir(folder) as tmp:
+        for name, m in models.items():
+            m.save_pretrained(tmp / name)
+        if optimizer is not None:
+            optimizer_to_safetensors(optimizer, tmp / "optimizer.safetensors")
+        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
+
+
+def load_trainer_state(folder: str | os.PathLike) -> dict | None:
+    f = Path(folder) / "trainer_state.json"
+    return json.loads(f.read_text()) if f.exists() else None

@@ -1,0 +1,177 @@
+"""Train an AR generator on VQ codes and export a pipeline folder.
+
+    python -m mmgen.train.train_generator --task scenes --out assets/scenes-t2i
+    python -m mmgen.train.train_generator --task digits --out assets/digits-c2i
+
+``scenes``: text-to-image; the small text encoder and its word-level tokenizer are trained
+jointly with the generator and saved beside it. ``digits``: class-to-image on real digits
+(train split, with +-2 px shifts). Codes are extracted once with the shipped VQ tokenizer
+(LlamaGen pre-extracts codes too). Condition dropout 0.1 trains the null condition for CFG.
+One CPU process here; unchanged under ``accelerate launch``. Resumable from ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..data import SceneDataset, load_digits_rgb, to_tensor
+from ..data.scenes import caption_vocabulary
+from ..models import ARTransformer, Condition
+from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
+from ..tokenizers_visual import VQTokenizer
+from .common import load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+
+TEXT_LEN = 24
+PRESETS = {
+    "scenes": dict(dim=160, n_layers=4, n_heads=5, grid_size=16, caption_dim=96, prefix_len=TEXT_LEN),
+    "digits": dict(dim=128, n_layers=4, n_heads=4, grid_size=8, num_classes=10, prefix_len=1),
+}
+
+
+@torch.no_grad()
+def extract_codes(vq: VQTokenizer, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> codes (N, h*w) int16."""
+    vq.eval()
+    return torch.cat([vq.encode(to_tensor(images[i:i + batch])).ids.short() for i in range(0, len(images), batch)])
+
+
+def scene_data(vq: VQTokenizer, n: int, cache: Path) -> tuple[torch.Tensor, list[str]]:
+    f = cache / f"scene_codes_{n}.safetensors"
+    ds = SceneDataset(n, seed=1)
+    captions = [ds.spec(i).caption() for i in range(n)]
+    if f.exists():
+        from safetensors.torch import load_file
+        return load_file(str(f))["codes"], captions
+    from safetensors.torch import save_file
+    codes = torch.cat([extract_codes(vq, np.stack([ds[j][0] for j in range(i, min(n, i + 5000))]))
+                       for i in range(0, n, 5000)])
+    cache.mkdir(parents=True, exist_ok=True)
+    save_file({"codes": codes}, str(f))
+    return codes, captions
+
+
+def digit_data(vq: VQTokenizer, shift: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = load_digits_rgb("train")
+    xs, ys = [], []
+    for dy in range(-shift, shift + 1):
+        for dx in range(-shift, shift + 1):
+            xs.append(np.roll(x, (dy, dx), axis=(1, 2)))
+            ys.append(y)
+    return extract_codes(vq, np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup))))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(PRESETS), required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--vq", default="assets/vq")
+    ap.add_argument("--work", default=None)
+    ap.add_argument("--steps", type=int, default=2500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--num-scenes", type=int, default=40_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = Path(args.work or f"runs/train_{args.task}")
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    vq = VQTokenizer.from_pretrained(args.vq)
+    t_start = time.time()
+
+    text_encoder = tokenizer = None
+    if args.task == "scenes":
+        codes, captions = scene_data(vq, args.num_scenes, work / "cache")
+        tokenizer = build_text_tokenizer(caption_vocabulary(), TEXT_LEN)
+        text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
+    else:
+        codes, labels = digit_data(vq)
+    model = ARTransformer(vocab_size=vq.vocab_size, **PRESETS[args.task])
+    step = 0
+    if load_trainer_state(work) is not None:
+        step = load_trainer_state(work)["step"]
+        model = ARTransformer.from_pretrained(work / "transformer")
+        if text_encoder is not None:
+            from transformers import BertModel
+            text_encoder = BertModel.from_pretrained(work / "text_encoder")
+        acc.print(f"resuming from step {step}")
+    params = list(model.parameters()) + (list(text_encoder.parameters()) if text_encoder is not None else [])
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=args.lr, betas=(0.9, 0.95))
+    if step:
+        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
+    model, opt = acc.prepare(model, opt)
+    if text_encoder is not None:
+        text_encoder = acc.prepare(text_encoder)
+
+    g = torch.Generator().manual_seed(args.seed * 1000 + step)
+    codes = codes.long()
+    n_train = len(codes)
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        model.train()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args.steps, args.lr)
+        idx = torch.randint(n_train, (args.batch,), generator=g)
+        tokens = codes[idx].to(acc.device)
+        drop = torch.rand(args.batch, generator=g) < model.config.class_dropout_prob
+        if args.task == "scenes":
+            text_encoder.train()
+            feats, mask = encode_prompts(text_encoder, tokenizer, [captions[int(i)] for i in idx], TEXT_LEN, acc.device)
+            cond = Condition(text_features=feats, text_mask=mask)
+        else:
+            cond = Condition(class_labels=labels[idx].to(acc.device))
+        logits = model(tokens, cond, drop_condition=drop.to(acc.device))
+        loss = F.cross_entropy(logits.flatten(0, 1), tokens.flatten())
+        acc.backward(loss)
+        acc.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        done = step + 1 == args.steps or (args.max_minutes and time.time() - t_start > 60 * args.max_minutes)
+        if (step + 1) % args.save_every == 0 or done:
+            models = {"transformer": acc.unwrap_model(model)}
+            if text_encoder is not None:
+                models["text_encoder"] = acc.unwrap_model(text_encoder)
+            save_checkpoint(work, models, opt, step + 1)
+        if done:
+            break
+    if not acc.is_main_process:
+        return
+    from ..pipelines import ARImagePipeline
+
+    model = acc.unwrap_model(model).eval()
+    pipe = ARImagePipeline(transformer=model, vq=vq, text_encoder=text_encoder and acc.unwrap_model(text_encoder).eval(),
+                           tokenizer=tokenizer)
+    pipe.save_pretrained(args.out)
+    info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
+            "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
+            "command": f"python -m mmgen.train.train_generator --task {args.task} --out {args.out} "
+                       f"--steps {args.steps} --threads {torch.get_num_threads()}"}
+    Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
+    print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

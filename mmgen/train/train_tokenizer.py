@@ -1,0 +1,110 @@
+"""Train the VQ tokenizer on scenes, photo crops and digits; export to a local folder.
+
+    python -m mmgen.train.train_tokenizer --out assets/vq --steps 1500
+
+Single CPU process here; the same script runs unchanged under ``accelerate launch``.
+Resumable: rerunning with the same ``--work`` folder continues from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
+from ..eval.metrics import psnr
+from ..tokenizers_visual import VQTokenizer
+from .common import load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+
+
+def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:
+    """Held-out reconstruction PSNR (dB) on scenes, photo crops and digits, and codebook usage."""
+    vq.eval()
+    scenes = to_tensor(SceneDataset(n, seed=999).arrays()[0])
+    photos = to_tensor(photo_crops(n, seed=123))
+    digits = to_tensor(load_digits_rgb("test")[0][:n])
+    out, used = {}, set()
+    with torch.no_grad():
+        for name, x in (("scenes", scenes), ("photos", photos), ("digits", digits)):
+            ids = vq.encode(x).ids
+            used |= set(ids.unique().tolist())
+            out[f"psnr_{name}"] = round(float(psnr(vq.decode(ids), x)), 2)
+            out[f"codes_used_{name}"] = int(ids.unique().numel())
+    out["codebook_usage"] = round(len(used) / vq.vocab_size, 4)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="assets/vq")
+    ap.add_argument("--work", default="runs/train_vq")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=250)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+
+    vq = VQTokenizer()
+    opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    step = 0
+    state = load_trainer_state(args.work)
+    if state is not None:
+        vq = VQTokenizer.from_pretrained(Path(args.work) / "model")
+        opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        optimizer_from_safetensors(opt, Path(args.work) / "optimizer.safetensors")
+        step = state["step"]
+        acc.print(f"resuming from step {step}")
+    vq, opt = acc.prepare(vq, opt)
+
+    scenes = SceneDataset(200_000, seed=1)
+    photos = photo_crops(4000, seed=7)
+    digits, _ = load_digits_rgb("train")
+    rng = np.random.default_rng([args.seed, step])
+    n_photo = args.batch // 4
+    t0 = time.time()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        vq.train()
+        idx = rng.integers(len(scenes), size=args.batch - n_photo)
+        x = torch.cat([to_tensor(np.stack([scenes[int(i)][0] for i in idx])),
+                       to_tensor(photos[rng.integers(len(photos), size=n_photo)])])
+        batches = [x]
+        if step % 3 == 0:
+            batches.append(to_tensor(digits[rng.integers(len(digits), size=args.batch)]))
+        loss_total = 0.0
+        for xb in batches:
+            rec, _, commit = vq(xb.to(acc.device))
+            loss = F.mse_loss(rec, xb) + 0.5 * F.l1_loss(rec, xb) + commit
+            acc.backward(loss)
+            loss_total += loss.item()
+        acc.clip_grad_norm_(vq.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss_total:.4f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint(args.work, {"model": acc.unwrap_model(vq)}, opt, step + 1)
+    model = acc.unwrap_model(vq)
+    metrics = evaluate_tokenizer(model)
+    metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),
+                   command=f"python -m mmgen.train.train_tokenizer --out {args.out} --steps {args.steps}")
+    if acc.is_main_process:
+        model.save_pretrained(args.out)
+        Path(args.out, "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

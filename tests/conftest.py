@@ -1,0 +1,53 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("MMGEN_TEST_THREADS", 1)))
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from mmgen.data.scenes import caption_vocabulary  # noqa: E402
+from mmgen.models import ARTransformer, Condition  # noqa: E402
+from mmgen.models.text import build_text_encoder, build_text_tokenizer  # noqa: E402
+from mmgen.tokenizers_visual import VQTokenizer  # noqa: E402
+
+
+def randomize(model, std=0.1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model.eval()
+
+
+@pytest.fixture
+def c2i():
+    return randomize(ARTransformer(vocab_size=32, grid_size=4, dim=64, n_layers=2, n_heads=4, num_classes=10))
+
+
+@pytest.fixture
+def t2i():
+    return randomize(ARTransformer(vocab_size=32, grid_size=4, dim=64, n_layers=2, n_heads=4, caption_dim=16,
+                                   prefix_len=6))
+
+
+@pytest.fixture
+def text_cond():
+    g = torch.Generator().manual_seed(1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    return Condition(text_features=torch.randn(2, 6, 16, generator=g) * mask[..., None], text_mask=mask)
+
+
+@pytest.fixture
+def tiny_pipeline():
+    from mmgen.pipelines import ARImagePipeline
+
+    tok = build_text_tokenizer(caption_vocabulary(), 24)
+    enc = randomize(build_text_encoder(len(tok), hidden=32, layers=1, heads=2, max_length=24), std=0.05)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=64)
+    gen = randomize(ARTransformer(vocab_size=64, grid_size=4, dim=32, n_layers=1, n_heads=2, caption_dim=32,
+                                  prefix_len=24), std=0.2)
+    pipe = ARImagePipeline(transformer=gen, vq=vq.eval(), text_encoder=enc, tokenizer=tok)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

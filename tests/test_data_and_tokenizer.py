@@ -1,0 +1,64 @@
+import numpy as np
+import pytest
+import torch
+
+from mmgen.data import SceneDataset, load_digits_rgb, parse_caption, photo_crops, to_tensor
+from mmgen.data.scenes import SLOT_NAMES
+from mmgen.tokenizers_visual import VQTokenizer
+
+
+def test_scenes_are_deterministic_and_captions_parse_back():
+    a, b = SceneDataset(20, seed=5), SceneDataset(20, seed=5)
+    for i in range(20):
+        ia, sa = a[i]
+        ib, sb = b[i]
+        assert np.array_equal(ia, ib) and sa == sb
+        assert ia.shape == (64, 64, 3) and ia.dtype == np.uint8
+        assert parse_caption(sa.caption()) == sa
+    assert not np.array_equal(SceneDataset(5, seed=1)[0][0], SceneDataset(5, seed=2)[0][0])
+
+
+def test_scene_labels_encode_slots():
+    _, spec = SceneDataset(50, seed=0)[0]
+    lab = spec.labels()
+    occupied = {s.slot for s in spec.shapes}
+    for k, slot in enumerate(SLOT_NAMES):
+        assert (lab["shape"][k] > 0) == (slot in occupied)
+
+
+def test_parse_caption_rejects_other_text():
+    with pytest.raises(ValueError):
+        parse_caption("a photo of a cat")
+
+
+def test_digits_split_is_real_and_disjoint():
+    xtr, ytr = load_digits_rgb("train")
+    xte, yte = load_digits_rgb("test")
+    assert xtr.shape[1:] == (32, 32, 3) and len(xtr) + len(xte) == 1797
+    assert set(np.unique(ytr)) == set(range(10))
+    with pytest.raises(ValueError, match="split"):
+        load_digits_rgb("val")
+
+
+def test_vq_shapes_round_trip_and_bad_inputs(tmp_path):
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=64).eval()
+    x = to_tensor(SceneDataset(2, seed=0).arrays()[0])
+    with torch.no_grad():
+        vq(to_tensor(photo_crops(16, seed=0)))  # k-means init of the codebook on varied pixels
+    batch = vq.encode(x)
+    assert batch.ids.shape == (2, 256) and batch.layout.height == 16 and batch.layout.num_tokens == 256
+    assert vq.decode(batch.ids).shape == (2, 3, 64, 64)
+    assert vq.codebook.shape == (64, 8)
+    assert torch.allclose(vq.codebook.norm(dim=-1), torch.ones(64), atol=1e-5)
+    vq.save_pretrained(tmp_path)
+    vq2 = VQTokenizer.from_pretrained(tmp_path).eval()
+    assert torch.equal(vq2.encode(x).ids, batch.ids)
+    assert torch.equal(vq2.decode(batch.ids), vq.decode(batch.ids))
+    with pytest.raises(ValueError, match="images"):
+        vq.encode(torch.zeros(1, 3, 30, 30))
+    with pytest.raises(ValueError, match="images"):
+        vq.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="images"):
+        vq.encode(torch.zeros(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="ids"):
+        vq.decode(torch.full((1, 256), 64))

@@ -1,0 +1,78 @@
+import numpy as np
+import pytest
+import torch
+
+from mmgen.pipelines import ARImagePipeline
+
+PROMPT = "a small red circle on the left, white background"
+
+
+def test_save_load_round_trip_gives_identical_images(tiny_pipeline, tmp_path):
+    a = tiny_pipeline(PROMPT, generator=torch.Generator().manual_seed(0), output_type="np")
+    tiny_pipeline.save_pretrained(tmp_path)
+    assert (tmp_path / "model_index.json").exists()
+    assert (tmp_path / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = ARImagePipeline.from_pretrained(tmp_path)
+    loaded.set_progress_bar_config(disable=True)
+    b = loaded(PROMPT, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert torch.equal(a.tokens, b.tokens)
+    assert np.array_equal(a.images, b.images)
+
+
+def test_seeded_determinism_and_seed_sensitivity(tiny_pipeline):
+    run = lambda s: tiny_pipeline(PROMPT, generator=torch.Generator().manual_seed(s), output_type="pt").tokens
+    assert torch.equal(run(1), run(1))
+    assert not torch.equal(run(1), run(2))
+
+
+def test_output_types(tiny_pipeline):
+    g = lambda: torch.Generator().manual_seed(0)
+    pil = tiny_pipeline(PROMPT, generator=g(), num_images_per_prompt=2).images
+    assert len(pil) == 2 and pil[0].size == (16, 16)
+    arr = tiny_pipeline(PROMPT, generator=g(), output_type="np").images
+    assert arr.shape == (1, 16, 16, 3) and 0 <= arr.min() and arr.max() <= 1
+    pt = tiny_pipeline(PROMPT, generator=g(), output_type="pt").images
+    assert pt.shape == (1, 3, 16, 16)
+    lat = tiny_pipeline(PROMPT, generator=g(), output_type="latent").images
+    assert lat.shape == (1, 16) and lat.dtype == torch.long
+    images, stats = tiny_pipeline(PROMPT, generator=g(), return_dict=False)
+    assert stats.forward_passes == 16
+
+
+def test_callback_called_each_step_and_can_edit_tokens(tiny_pipeline):
+    seen = []
+
+    def cb(pipe, step, timestep, kwargs):
+        seen.append((step, timestep, kwargs["tokens"].shape[1]))
+        tokens = kwargs["tokens"].clone()
+        tokens[:, -1] = 7  # force every token to 7
+        return {"tokens": tokens}
+
+    out = tiny_pipeline(PROMPT, generator=torch.Generator().manual_seed(0), callback_on_step_end=cb,
+                        output_type="latent")
+    assert [s for s, _, _ in seen] == list(range(16))
+    assert [t for _, t, _ in seen] == list(range(1, 17))
+    assert bool((out.tokens == 7).all())
+
+
+@pytest.mark.parametrize("kwargs,arg", [
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": " ".join(["red"] * 30)}, "too long"),
+    ({"prompt": PROMPT, "guidance_scale": -1.0}, "guidance_scale"),
+    ({"prompt": PROMPT, "top_p": 0.0}, "top_p"),
+    ({"prompt": PROMPT, "top_p": 1.01}, "top_p"),
+    ({"prompt": PROMPT, "output_type": "jpeg"}, "output_type"),
+    ({"prompt": PROMPT, "num_images_per_prompt": 0}, "num_images_per_prompt"),
+    ({"class_labels": [1]}, "prompt"),
+    ({"prompt": PROMPT, "decoding": "nope"}, "decoding"),
+])
+def test_bad_pipeline_inputs_raise_value_error(tiny_pipeline, kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        tiny_pipeline(**kwargs)
+
+
+def test_missing_checkpoint_folder(tmp_path):
+    from mmgen.assets import model_path
+
+    with pytest.raises(ValueError, match="model"):
+        model_path(str(tmp_path / "nope"))

@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from mmgen.decoding import DecodeStats, SamplingConfig, final_probs, get_decoder, pick
+from mmgen.models import Condition
+
+
+def test_top_k_and_top_p_follow_their_definitions():
+    logits = torch.log(torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]))
+    p = final_probs(logits, SamplingConfig(top_k=2))
+    assert torch.allclose(p, torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]]), atol=1e-6)
+    # top-p 0.6: 0.5 < 0.6 so the token crossing 0.6 (0.2) stays
+    p = final_probs(logits, SamplingConfig(top_p=0.6))
+    assert torch.allclose(p, torch.tensor([[5 / 7, 2 / 7, 0, 0, 0]]), atol=1e-6)
+    p = final_probs(logits, SamplingConfig(top_p=0.3))
+    assert torch.allclose(p, torch.tensor([[1.0, 0, 0, 0, 0]]))
+    p = final_probs(logits, SamplingConfig(temperature=0.5))
+    q = torch.tensor([[0.5, 0.2, 0.15, 0.1, 0.05]]) ** 2
+    assert torch.allclose(p, q / q.sum(), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs,arg", [({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
+                                        ({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k")])
+def test_bad_sampling_arguments(kwargs, arg):
+    with pytest.raises(ValueError, match=arg):
+        SamplingConfig(**kwargs)
+
+
+def test_sampling_is_seeded_and_per_row_generators_are_batch_independent():
+    probs = torch.softmax(torch.randn(4, 50, generator=torch.Generator().manual_seed(0)), -1)
+    cfg = SamplingConfig()
+    a = pick(torch.log(probs), cfg, torch.Generator().manual_seed(3))
+    b = pick(torch.log(probs), cfg, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    rows = pick(torch.log(probs), cfg, [torch.Generator().manual_seed(10 + i) for i in range(4)])
+    alone = pick(torch.log(probs[2:3]), cfg, [torch.Generator().manual_seed(12)])
+    assert rows[2] == alone[0]
+
+
+def test_ar_decoder_greedy_is_argmax_of_the_model(c2i):
+    cond = Condition(class_labels=torch.tensor([3]))
+    state = c2i.prefill(cond, guidance_scale=2.0)
+    res = get_decoder("ar").decode(c2i, state, SamplingConfig(do_sample=False))
+    assert res.tokens.shape == (1, 16)
+    # teacher-forced check: every token is the argmax of the CFG-mixed logits given its prefix
+    lc = c2i(res.tokens, cond)
+    lu = c2i(res.tokens, Condition(class_labels=torch.tensor([10])))
+    assert torch.equal((lu + 2.0 * (lc - lu)).argmax(-1), res.tokens)
+    assert isinstance(res.stats, DecodeStats)
+    assert res.stats.forward_passes == 16 and res.stats.tokens_per_forward == 1.0
+    assert res.stats.histogram() == {1: 16}
+
+
+def test_unknown_decoder_name():
+    with pytest.raises(ValueError, match="decoding"):
+        get_decoder("nope")
