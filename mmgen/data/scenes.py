@@ -1,6 +1,7 @@
 """Procedurally drawn scenes with captions and structured attributes.
 
-A scene is a 64x64 RGB image with a flat background and one or two shapes. Each shape
+A scene is a 64x64 RGB image with a flat background (black, white, gray or blue) and one or two
+shapes (never of the background's color). Each shape
 occupies one of five *slots* (left, right, top, bottom, center), so the structured
 attributes are: the background color plus, for each slot, ``shape`` (or none), ``color``
 and ``size``. Captions are produced from templates; two-shape scenes always use a
@@ -25,7 +26,7 @@ COLORS = {
     "purple": (150, 60, 190),
     "orange": (245, 140, 30),
 }
-BACKGROUNDS = {"black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128)}
+BACKGROUNDS = {"black": (15, 15, 15), "white": (245, 245, 245), "gray": (128, 128, 128), "blue": (40, 80, 220)}
 SIZES = {"small": 7.0, "large": 12.0}
 SLOTS = {"left": (16, 32), "right": (48, 32), "top": (32, 16), "bottom": (32, 48), "center": (32, 32)}
 SLOT_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the top",
@@ -78,8 +79,9 @@ def sample_spec(rng: np.random.Generator, two_shape_prob: float = 0.35) -> Scene
         slots = PAIRS[rng.integers(len(PAIRS))]
     else:
         slots = (SLOT_NAMES[rng.integers(len(SLOTS))],)
+    colors = [c for c in COLOR_NAMES if c != bg]  # a shape never has the background's color
     shapes = tuple(
-        ShapeSpec(SHAPE_NAMES[rng.integers(len(SHAPES))], COLOR_NAMES[rng.integers(len(COLORS))],
+        ShapeSpec(SHAPE_NAMES[rng.integers(len(SHAPES))], colors[rng.integers(len(colors))],
                   SIZE_NAMES[rng.integers(len(SIZES))], slot)
         for slot in slots
     )

@@ -53,7 +53,15 @@ StepCallback = Callable[[int, torch.Tensor], "torch.Tensor | None"]
 
 
 class Decoder:
+    """Base class. ``extra_slots``: scratch positions past the last token the decoder may feed
+    (passed to ``prefill``). ``prepare(tokenizer)`` is called by pipelines before ``decode`` so
+    decoders that need the codebook (LANTERN, GSD) can read ``tokenizer.codebook`` (V, D)."""
+
     name = "base"
+    extra_slots = 0
+
+    def prepare(self, tokenizer) -> None:
+        """Read what the method needs from the tokenizer (default: nothing)."""
 
     def decode(self, generator, state, sampling: SamplingConfig, rng: torch.Generator | None = None,
                callback: StepCallback | None = None) -> DecodeResult:

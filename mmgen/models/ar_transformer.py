@@ -12,7 +12,9 @@ decoder (see ``docs/ARCHITECTURE.md``):
   their image-sequence positions (the token fed at position i predicts token i + 1), appends their
   K/V at those positions and returns CFG-mixed logits ``(B, T, V)`` and hidden states;
 * ``state.truncate(n)`` rolls the cache back in O(1): later writes overwrite stale slots and the
-  mask (key slot <= query slot) never shows them.
+  mask (key slot <= query slot) never shows them;
+* positions in ``[N, N + extra_slots)`` (reserved at prefill) are scratch: a speculative window may
+  run past the last token there, and decoders discard those outputs.
 """
 
 from __future__ import annotations
@@ -101,10 +103,11 @@ class DecodeState:
     """
 
     def __init__(self, caches, key_valid, prefix_len, num_tokens, batch_size, guidance_scale, cfg_interval,
-                 first_logits, first_hidden):
+                 first_logits, first_hidden, extra_slots: int = 0):
         self.caches = caches  # list of (k, v), each (B', H, P + N, hd)
         self.key_valid = key_valid  # (B', P + N) bool: False on padded prefix slots
         self.prefix_len, self.num_tokens, self.batch_size = prefix_len, num_tokens, batch_size
+        self.extra_slots = extra_slots  # scratch positions [N, N + extra_slots) a decoder may feed and discard
         self.guidance_scale, self.cfg_interval = guidance_scale, cfg_interval
         self.cache_len = torch.zeros(batch_size, dtype=torch.long, device=key_valid.device)
         self.first_logits, self.first_hidden = first_logits, first_hidden  # (B, V), (B, d): predict token 0
@@ -119,6 +122,9 @@ class DecodeState:
         if bool((n < 0).any()) or bool((n > self.cache_len).any()):
             raise ValueError(f"truncate length must lie in [0, cache_len], got {n.tolist()} vs {self.cache_len.tolist()}")
         self.cache_len = n.clone()
+
+
+MAX_EXTRA_SLOTS = 256
 
 
 class ARTransformer(ModelMixin, ConfigMixin):
@@ -148,7 +154,9 @@ class ARTransformer(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList(Block(dim, n_heads, norm_eps, dropout) for _ in range(n_layers))
         self.norm = RMSNorm(dim, norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
-        n = torch.arange(self.num_tokens)
+        # RoPE rows for the grid plus MAX_EXTRA_SLOTS scratch slots continuing the raster (speculative
+        # decoders may feed a full window past the last token; those outputs are discarded)
+        n = torch.arange(self.num_tokens + MAX_EXTRA_SLOTS)
         coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long), torch.stack([n // grid_size, n % grid_size], 1)])
         cos, sin = rope_2d_table(coords, dim // n_heads, rope_base)  # (P + N, hd/2)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -248,9 +256,14 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def prefill(self, condition: Condition, guidance_scale: float = 1.0,
-                cfg_interval: tuple[float, float] | None = None) -> DecodeState:
-        """Write the condition prefix into a fresh static cache; logits for token 0 in ``state.first_logits``."""
+                cfg_interval: tuple[float, float] | None = None, extra_slots: int = 0) -> DecodeState:
+        """Write the condition prefix into a fresh static cache; logits for token 0 in ``state.first_logits``.
+
+        ``extra_slots`` reserves scratch positions past the last token (speculative windows at the end).
+        """
         self.check_condition(condition)
+        if not 0 <= extra_slots <= MAX_EXTRA_SLOTS:
+            raise ValueError(f"extra_slots must lie in [0, {MAX_EXTRA_SLOTS}], got {extra_slots}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if cfg_interval is not None and not (0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
@@ -267,15 +280,16 @@ class ARTransformer(ModelMixin, ConfigMixin):
                     condition.text_features.dtype)]), text_mask=torch.cat([tm.bool(), n.text_mask]))
         prefix, pmask = self.embed_condition(condition)
         bb, p, _ = prefix.shape
-        s_max = p + self.num_tokens
+        s_max = p + self.num_tokens + extra_slots
         hd = self.config.dim // self.config.n_heads
         dev, dt = prefix.device, prefix.dtype
         caches = [(torch.zeros(bb, self.config.n_heads, s_max, hd, device=dev, dtype=dt),
                    torch.zeros(bb, self.config.n_heads, s_max, hd, device=dev, dtype=dt)) for _ in self.layers]
-        key_valid = torch.cat([pmask, torch.ones(bb, self.num_tokens, dtype=torch.bool, device=dev)], 1)
+        key_valid = torch.cat([pmask, torch.ones(bb, s_max - p, dtype=torch.bool, device=dev)], 1)
         slots = torch.arange(p, device=dev).expand(bb, -1)
         h = self._run(prefix, slots, key_valid[:, :p], caches, kv_end=p)[:, -1:]  # (B', 1, d)
-        state = DecodeState(caches, key_valid, p, self.num_tokens, b, guidance_scale, cfg_interval, None, None)
+        state = DecodeState(caches, key_valid, p, self.num_tokens, b, guidance_scale, cfg_interval, None, None,
+                            extra_slots)
         logits = self._mix(state, self.output(h).float(), torch.zeros(b, 1, dtype=torch.long, device=dev))
         state.first_logits, state.first_hidden = logits[:, 0], h[:b, 0]
         return state
@@ -288,8 +302,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"tokens and positions must both be ({state.batch_size}, T)")
         if not torch.equal(positions[:, 0], state.cache_len) or (t > 1 and not bool((positions.diff(dim=1) == 1).all())):
             raise ValueError("positions must continue the cache contiguously from state.cache_len")
-        if int(positions[:, -1].max()) >= state.num_tokens:
-            raise ValueError(f"positions must be < {state.num_tokens}")
+        if int(positions[:, -1].max()) >= state.num_tokens + state.extra_slots:
+            raise ValueError(f"positions must be < num_tokens + extra_slots = {state.num_tokens + state.extra_slots}")
         if state.cfg:
             tokens, positions2 = tokens.repeat(2, 1), positions.repeat(2, 1)
         else:

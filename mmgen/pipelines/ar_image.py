@@ -101,6 +101,7 @@ class ARImagePipeline(DiffusionPipeline):
         self.check_inputs(prompt, class_labels, num_images_per_prompt, guidance_scale, output_type, cb_inputs)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         decoder = get_decoder(decoding, **(decoding_options or {}))
+        decoder.prepare(self.vq)
         cond = self.encode_condition(prompt, class_labels, num_images_per_prompt)
         n_tok = self.transformer.num_tokens
         with self.progress_bar(total=n_tok) as bar:
@@ -117,7 +118,8 @@ class ARImagePipeline(DiffusionPipeline):
                 out = callback_on_step_end(self, step, tokens.shape[1], kwargs) or {}
                 return out.pop("tokens", None)
 
-            state = self.transformer.prefill(cond, guidance_scale=guidance_scale, cfg_interval=cfg_interval)
+            state = self.transformer.prefill(cond, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
+                                             extra_slots=decoder.extra_slots)
             result = decoder.decode(self.transformer, state, sampling, generator, callback)
         tokens = result.tokens
         if output_type == "latent":

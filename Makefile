@@ -1,0 +1,34 @@
+# Two entry points (see README): `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MMGEN_THREADS ?= 2
+
+.PHONY: install install-dev demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[app]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[dev,app]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(BIN)/mmgen generate --prompt "a small red circle on the left, blue background" --out out.png
+	$(BIN)/mmgen generate --class 7 --batch 8 --out out_digit7.png
+	$(BIN)/mmgen info
+
+test: install-dev
+	$(BIN)/python -m pytest tests
+
+bench: install-dev
+	$(BIN)/python benchmarks/bench_decode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache out*.png
