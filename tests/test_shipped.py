@@ -1,0 +1,88 @@
+"""Tests on the shipped checkpoints in assets/: judges' accuracy on held-out real data, CLI smoke,
+and a small judged-quality floor for the generators (the full figures are in docs/BENCHMARKS.md)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mmgen.assets import assets_dir
+from mmgen.data import SceneDataset, load_digits_rgb, to_tensor
+from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges
+from mmgen.eval.judges import attribute_matches
+from mmgen.pipelines import ARImagePipeline
+
+
+@pytest.fixture(scope="module")
+def judges():
+    return load_judges()
+
+
+def test_scene_judge_accuracy_on_held_out_real_scenes(judges):
+    imgs, specs = SceneDataset(500, seed=12345).arrays()
+    m = attribute_matches(judges[0].predict(to_tensor(imgs)), specs)
+    for k in ("background", "shape", "color", "size"):
+        assert m[k].mean() >= 0.98, (k, m[k].mean())
+
+
+def test_digit_judge_accuracy_on_held_out_real_digits(judges):
+    x, y = load_digits_rgb("test")
+    assert (judges[1].predict(to_tensor(x)) == y).mean() >= 0.97
+
+
+def _pipe(name):
+    pipe = ARImagePipeline.from_pretrained(assets_dir() / name)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_shipped_scenes_generator_follows_prompts(judges):
+    cfg = json.loads((assets_dir() / "scenes-t2i" / "recommended.json").read_text())["guidance_scale"]
+    res, images = evaluate_scene_pipeline(_pipe("scenes-t2i"), judges[0], n=40, batch=40, seed=123,
+                                          guidance_scale=cfg)
+    assert images.shape == (40, 64, 64, 3)
+    assert res["prompt_adherence"] >= 0.6, res  # full figure (>= 200 prompts) in docs/BENCHMARKS.md
+
+
+def test_shipped_digits_generator_is_class_consistent(judges):
+    cfg = json.loads((assets_dir() / "digits-c2i" / "recommended.json").read_text())["guidance_scale"]
+    res, images = evaluate_digit_pipeline(_pipe("digits-c2i"), judges[1], n_per_class=4, batch=40, seed=7,
+                                          guidance_scale=cfg)
+    assert images.shape == (40, 32, 32, 3)
+    assert res["class_consistency"] >= 0.8, res
+
+
+def test_cli_generate_and_info(tmp_path):
+    out = tmp_path / "a.png"
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", "--prompt",
+                        "a small red circle on the left, blue background", "--out", str(out), "--seed", "1"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (64, 64)
+    assert json.loads(r.stdout.strip().splitlines()[-1])["stats"]["forward_passes"] == 256
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", "--class", "3", "--batch", "2",
+                        "--out", str(tmp_path / "d.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(tmp_path / "d.png").size == (64, 32) and (tmp_path / "d_1.png").exists()
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "info"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "scenes-t2i" in json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--class", "12"], "class_labels"),
+    (["--prompt", ""], "prompt"),
+    (["--prompt", "a small red circle on the left, white background", "--cfg", "-1"], "guidance_scale"),
+    (["--prompt", "a small red circle on the left, white background", "--top-p", "0"], "top_p"),
+    (["--prompt", "x", "--model", "/nonexistent/folder"], "model"),
+])
+def test_cli_bad_inputs_give_clear_errors_and_no_file(tmp_path, args, msg):
+    out = tmp_path / "bad.png"
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", *args, "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert msg in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists() and list(tmp_path.iterdir()) == []
