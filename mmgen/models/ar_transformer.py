@@ -91,8 +91,9 @@ class Condition:
 
 @dataclass
 class StepOutput:
-    logits: torch.Tensor  # (B, T, V) float32, CFG-mixed
+    logits: torch.Tensor  # (B, T, V) float32, CFG-mixed (raster/NBP head; NAR: right head)
     hidden: torch.Tensor  # (B, T, d) conditional branch's last hidden state (drafters read it)
+    logits_down: torch.Tensor | None = None  # (B, T, V) NAR down head, CFG-mixed
 
 
 class DecodeState:
@@ -125,24 +126,40 @@ class DecodeState:
 
 
 MAX_EXTRA_SLOTS = 256
+ORDERS = ("raster", "nar", "nbp")
 
 
 class ARTransformer(ModelMixin, ConfigMixin):
-    """LlamaGen GPT. ``num_classes > 0``: class-to-image; ``caption_dim > 0``: text-to-image."""
+    """LlamaGen GPT. ``num_classes > 0``: class-to-image; ``caption_dim > 0``: text-to-image.
 
-    capabilities = frozenset({"ar", "speculative"})
+    ``order`` picks the generation order (storage and RoPE stay raster; only the mask, the
+    targets and the heads change):
+
+    * ``"raster"``: next-token prediction (LlamaGen).
+    * ``"nar"``: next-neighbour prediction (He et al. 2025, NAR): token (h, w) sees every token with
+      h' + w' <= h + w; a right head (the base head) predicts (h, w + 1) and a down head (an extra
+      block + its own norm and output) predicts (h + 1, w); overlapping predictions are averaged as
+      logits. A G x G grid takes 2G - 1 forward passes.
+    * ``"nbp"``: next-block prediction (Ren et al. 2025, NBP) with rows as blocks: block-causal mask
+      (bidirectional inside a row), token l of row r predicts token l of row r + 1. Deviation: the
+      first row is predicted from G learned begin-of-image queries after the condition (NBP's image
+      setting has no given first block), so G rows take G forward passes.
+    """
 
     @register_to_config
     def __init__(self, vocab_size: int = 1024, grid_size: int = 16, dim: int = 256, n_layers: int = 6,
                  n_heads: int = 8, num_classes: int = 0, caption_dim: int = 0, prefix_len: int = 1,
                  class_dropout_prob: float = 0.1, token_dropout: float = 0.0, dropout: float = 0.0,
-                 rope_base: float = 10000.0, norm_eps: float = 1e-5):
+                 rope_base: float = 10000.0, norm_eps: float = 1e-5, order: str = "raster"):
         super().__init__()
         if (num_classes > 0) == (caption_dim > 0):
             raise ValueError("exactly one of num_classes and caption_dim must be > 0")
         if num_classes > 0 and prefix_len != 1:
             raise ValueError("class conditioning uses prefix_len=1")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
         self.num_tokens = grid_size * grid_size
+        self.grid_size, self.order = grid_size, order
         if num_classes > 0:
             self.class_embedding = nn.Embedding(num_classes + 1, dim)  # row num_classes = null class
         else:
@@ -154,20 +171,52 @@ class ARTransformer(ModelMixin, ConfigMixin):
         self.layers = nn.ModuleList(Block(dim, n_heads, norm_eps, dropout) for _ in range(n_layers))
         self.norm = RMSNorm(dim, norm_eps)
         self.output = nn.Linear(dim, vocab_size, bias=False)
-        # RoPE rows for the grid plus MAX_EXTRA_SLOTS scratch slots continuing the raster (speculative
-        # decoders may feed a full window past the last token; those outputs are discarded)
-        n = torch.arange(self.num_tokens + MAX_EXTRA_SLOTS)
-        coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long), torch.stack([n // grid_size, n % grid_size], 1)])
-        cos, sin = rope_2d_table(coords, dim // n_heads, rope_base)  # (P + N, hd/2)
+        if order == "nar":  # dimension-oriented down head: one extra block + norm + output
+            self.down_block = Block(dim, n_heads, norm_eps, dropout)
+            self.down_norm = RMSNorm(dim, norm_eps)
+            self.down_output = nn.Linear(dim, vocab_size, bias=False)
+        self.bov = grid_size if order == "nbp" else 0  # begin-of-image query slots (NBP)
+        if self.bov:
+            self.bov_embeddings = nn.Parameter(torch.zeros(self.bov, dim))
+        self.prefix_slots = prefix_len + self.bov  # slots before image token 0
+        # slot -> (row, col) for RoPE and slot -> rank for the mask ("key visible iff rank <= query rank").
+        # Raster adds MAX_EXTRA_SLOTS scratch slots continuing the raster (speculative windows past the end).
+        n = torch.arange(self.num_tokens + (MAX_EXTRA_SLOTS if order == "raster" else 0))
+        rows, cols = n // grid_size, n % grid_size
+        coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long),
+                            torch.stack([torch.full((self.bov,), -1), torch.arange(self.bov)], 1),
+                            torch.stack([rows, cols], 1)])
+        if order == "raster":
+            image_rank = prefix_len + n
+        elif order == "nar":
+            image_rank = prefix_len + rows + cols
+        else:
+            image_rank = prefix_len + 1 + rows
+        rank = torch.cat([torch.arange(prefix_len), torch.full((self.bov,), prefix_len), image_rank])
+        self.register_buffer("slot_rank", rank, persistent=False)  # (S,)
+        cos, sin = rope_2d_table(coords, dim // n_heads, rope_base)  # (S, hd/2)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.apply(self._init_weights)
         nn.init.zeros_(self.output.weight)
+        if order == "nar":
+            nn.init.zeros_(self.down_output.weight)
 
     @staticmethod
     def _init_weights(m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
+
+    @property
+    def capabilities(self) -> frozenset:
+        return frozenset({"ar", "speculative"}) if self.order == "raster" else frozenset({self.order})
+
+    def attention_mask(self, q_slots: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+        """q_slots (B, T), key_valid (B, S) -> bool (B, T, S): rank(key) <= rank(query), valid keys, self always."""
+        r = self.slot_rank[: key_valid.shape[1]]
+        kidx = torch.arange(key_valid.shape[1], device=q_slots.device)
+        mask = (r[None, None, :] <= self.slot_rank[q_slots][:, :, None]) & key_valid[:, None, :]
+        return mask | (kidx[None, None, :] == q_slots[:, :, None])
 
     # ------------------------------------------------------------------ conditioning
     @property
@@ -189,20 +238,26 @@ class ARTransformer(ModelMixin, ConfigMixin):
                 raise ValueError(f"text_features must have shape (B, {c.prefix_len}, {c.caption_dim}), got {got}")
 
     def embed_condition(self, cond: Condition, drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> prefix embeddings (B, P, d) and key-valid mask (B, P). ``drop`` (B,) bool swaps in the null condition."""
+        """-> prefix embeddings (B, P + bov, d) and key-valid mask (B, P + bov). ``drop`` (B,) bool: null condition."""
         if self.is_class_conditional:
             labels = cond.class_labels
             if drop is not None:
                 labels = torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
             emb = self.class_embedding(labels)[:, None]
-            return emb, torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
-        feats = cond.text_features.to(self.uncond_embedding.dtype)
-        mask = cond.text_mask.bool() if cond.text_mask is not None else torch.ones(feats.shape[:2], dtype=torch.bool,
-                                                                                   device=feats.device)
-        if drop is not None:
-            feats = torch.where(drop[:, None, None], self.uncond_embedding.expand_as(feats), feats)
-            mask = mask | drop[:, None]
-        return self.caption_proj(feats), mask
+            mask = torch.ones(emb.shape[:2], dtype=torch.bool, device=emb.device)
+        else:
+            feats = cond.text_features.to(self.uncond_embedding.dtype)
+            mask = cond.text_mask.bool() if cond.text_mask is not None else torch.ones(
+                feats.shape[:2], dtype=torch.bool, device=feats.device)
+            if drop is not None:
+                feats = torch.where(drop[:, None, None], self.uncond_embedding.expand_as(feats), feats)
+                mask = mask | drop[:, None]
+            emb = self.caption_proj(feats)
+        if self.bov:
+            b = emb.shape[0]
+            emb = torch.cat([emb, self.bov_embeddings.expand(b, -1, -1).to(emb.dtype)], 1)
+            mask = torch.cat([mask, torch.ones(b, self.bov, dtype=torch.bool, device=mask.device)], 1)
+        return emb, mask
 
     def null_condition(self, cond: Condition) -> Condition:
         b = cond.batch_size
@@ -212,29 +267,55 @@ class ARTransformer(ModelMixin, ConfigMixin):
         feats = self.uncond_embedding.expand(b, -1, -1)
         return Condition(text_features=feats, text_mask=torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device))
 
-    # ------------------------------------------------------------------ full-sequence forward (training, checks)
+    # ------------------------------------------------------------------ shared forward
     def _run(self, x, slots, key_valid_rows, caches=None, kv_end=None):
-        """x (B, T, d) at sequence slots (B, T); key_valid_rows (B, S) -> final hidden (B, T, d)."""
-        s = key_valid_rows.shape[1]
-        kidx = torch.arange(s, device=x.device)
-        mask = (kidx[None, None, :] <= slots[:, :, None]) & key_valid_rows[:, None, :]
-        mask |= kidx[None, None, :] == slots[:, :, None]  # a query always sees itself (no all-masked row)
+        """x (B, T, d) at slots (B, T); key_valid_rows (B, S) -> (right/base hidden (B, T, d), down hidden or None).
+
+        With ``caches`` (one (k, v) per block, the NAR down block last) K/V are written at ``slots``.
+        """
+        mask = self.attention_mask(slots, key_valid_rows)[:, None]  # (B, 1, T, S)
         cos, sin = self.rope_cos[slots], self.rope_sin[slots]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask[:, None], None if caches is None else caches[i], slots, kv_end)
-        return self.norm(x)
+            x = layer(x, cos, sin, mask, None if caches is None else caches[i], slots, kv_end)
+        down = None
+        if self.order == "nar":
+            d = self.down_block(x, cos, sin, mask, None if caches is None else caches[-1], slots, kv_end)
+            down = self.down_norm(d)
+        return self.norm(x), down
+
+    def assemble_nar(self, right: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+        """NAR target assembly. right/down (B, 1 + N, V): outputs of [last condition slot, z_0..z_{N-1}]
+        -> logits (B, N, V) for raster targets: (0,0) <- mean of both condition heads; row 0 <- right of
+        the left neighbour; column 0 <- down of the token above; elsewhere the mean of both."""
+        g, b, v = self.grid_size, right.shape[0], right.shape[-1]
+        r = right[:, 1:].reshape(b, g, g, v)
+        d = down[:, 1:].reshape(b, g, g, v)
+        out = torch.zeros_like(r)
+        cnt = torch.zeros(1, g, g, 1, device=r.device, dtype=r.dtype)
+        out[:, :, 1:] += r[:, :, :-1]
+        cnt[:, :, 1:] += 1
+        out[:, 1:, :] += d[:, :-1, :]
+        cnt[:, 1:, :] += 1
+        out[:, 0, 0] = right[:, 0] + down[:, 0]
+        cnt[:, 0, 0] = 2
+        return (out / cnt).reshape(b, g * g, v)
 
     def forward(self, tokens: torch.Tensor, condition: Condition, drop_condition: torch.Tensor | None = None):
-        """Teacher-forced logits. tokens (B, N) -> logits (B, N, V) where logits[:, i] predicts tokens[:, i].
+        """Teacher-forced logits. tokens (B, N) raster -> logits (B, N, V) where logits[:, i] predicts tokens[:, i].
 
         ``drop_condition`` (B,) bool replaces the condition by the null one (CFG training).
         """
         prefix, pmask = self.embed_condition(condition, drop_condition)
         p = prefix.shape[1]
-        x = self.token_drop(torch.cat([prefix, self.tok_embeddings(tokens[:, :-1])], 1))  # (B, P + N - 1, d)
+        feed = tokens if self.order == "nar" else tokens[:, : self.num_tokens - (self.bov or 1)]
+        x = self.token_drop(torch.cat([prefix, self.tok_embeddings(feed)], 1))  # (B, S, d)
         slots = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-        valid = torch.cat([pmask, torch.ones_like(tokens[:, :-1], dtype=torch.bool)], 1)
-        h = self._run(x, slots, valid)
+        valid = torch.cat([pmask, torch.ones(feed.shape, dtype=torch.bool, device=x.device)], 1)
+        h, down = self._run(x, slots, valid)
+        if self.order == "nar":
+            return self.assemble_nar(self.output(h[:, p - 1:]).float(), self.down_output(down[:, p - 1:]).float())
+        if self.order == "nbp":
+            return self.output(h[:, p - self.bov:]).float()  # bov slots -> row 0, row r -> row r + 1
         return self.output(h[:, p - 1:]).float()
 
     # ------------------------------------------------------------------ generator contract
@@ -254,20 +335,32 @@ class ARTransformer(ModelMixin, ConfigMixin):
         c, u = logits.chunk(2)
         return u + self.cfg_scale_at(state, predicted_pos)[..., None] * (c - u)
 
+    def _heads(self, state, h, down, fed_pos):
+        """Hidden states of fed tokens at positions fed_pos (B, T) -> mixed (right/base logits, down logits)."""
+        g = self.grid_size
+        step = g if self.order == "nbp" else 1
+        logits = self._mix(state, self.output(h).float(), fed_pos + step)
+        if down is None:
+            return logits, None
+        return logits, self._mix(state, self.down_output(down).float(), fed_pos + g)
+
     @torch.no_grad()
     def prefill(self, condition: Condition, guidance_scale: float = 1.0,
                 cfg_interval: tuple[float, float] | None = None, extra_slots: int = 0) -> DecodeState:
-        """Write the condition prefix into a fresh static cache; logits for token 0 in ``state.first_logits``.
+        """Write the condition prefix into a fresh static cache.
 
-        ``extra_slots`` reserves scratch positions past the last token (speculative windows at the end).
+        ``state.first_logits`` predicts the first step: (B, V) for token 0 (raster, NAR: both heads
+        averaged) or (B, G, V) for row 0 (NBP). ``extra_slots`` reserves scratch positions past the
+        last token (raster only: speculative windows at the end).
         """
         self.check_condition(condition)
-        if not 0 <= extra_slots <= MAX_EXTRA_SLOTS:
-            raise ValueError(f"extra_slots must lie in [0, {MAX_EXTRA_SLOTS}], got {extra_slots}")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
         if cfg_interval is not None and not (0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
             raise ValueError(f"cfg_interval must satisfy 0 <= start <= end <= 1, got {cfg_interval}")
+        max_extra = MAX_EXTRA_SLOTS if self.order == "raster" else 0
+        if not 0 <= extra_slots <= max_extra:
+            raise ValueError(f"extra_slots must lie in [0, {max_extra}], got {extra_slots}")
         b = condition.batch_size
         if guidance_scale != 1.0:
             n = self.null_condition(condition)
@@ -283,34 +376,49 @@ class ARTransformer(ModelMixin, ConfigMixin):
         s_max = p + self.num_tokens + extra_slots
         hd = self.config.dim // self.config.n_heads
         dev, dt = prefix.device, prefix.dtype
+        n_blocks = len(self.layers) + (1 if self.order == "nar" else 0)
         caches = [(torch.zeros(bb, self.config.n_heads, s_max, hd, device=dev, dtype=dt),
-                   torch.zeros(bb, self.config.n_heads, s_max, hd, device=dev, dtype=dt)) for _ in self.layers]
+                   torch.zeros(bb, self.config.n_heads, s_max, hd, device=dev, dtype=dt)) for _ in range(n_blocks)]
         key_valid = torch.cat([pmask, torch.ones(bb, s_max - p, dtype=torch.bool, device=dev)], 1)
         slots = torch.arange(p, device=dev).expand(bb, -1)
-        h = self._run(prefix, slots, key_valid[:, :p], caches, kv_end=p)[:, -1:]  # (B', 1, d)
+        h, down = self._run(prefix, slots, key_valid[:, :p], caches, kv_end=p)
         state = DecodeState(caches, key_valid, p, self.num_tokens, b, guidance_scale, cfg_interval, None, None,
                             extra_slots)
-        logits = self._mix(state, self.output(h).float(), torch.zeros(b, 1, dtype=torch.long, device=dev))
-        state.first_logits, state.first_hidden = logits[:, 0], h[:b, 0]
+        if self.order == "nbp":  # the G begin-of-image queries predict row 0
+            first = self._mix(state, self.output(h[:, -self.bov:]).float(),
+                              torch.arange(self.bov, device=dev).expand(b, -1))
+            state.first_logits, state.first_hidden = first, h[:b, -self.bov:]
+            return state
+        zero = torch.zeros(b, 1, dtype=torch.long, device=dev)
+        logits = self._mix(state, self.output(h[:, -1:]).float(), zero)[:, 0]
+        if self.order == "nar":
+            logits = 0.5 * (logits + self._mix(state, self.down_output(down[:, -1:]).float(), zero)[:, 0])
+        state.first_logits, state.first_hidden = logits, h[:b, -1]
         return state
 
     @torch.no_grad()
     def forward_step(self, state: DecodeState, tokens: torch.Tensor, positions: torch.Tensor) -> StepOutput:
-        """Feed image tokens (B, T) at positions (B, T) = cache_len + arange(T); returns logits for positions + 1."""
+        """Feed image tokens (B, T) at raster positions (B, T).
+
+        raster: positions = cache_len + arange(T); logits[:, j] predicts position + 1 (rollback allowed).
+        nar: any set of positions (a diagonal); ``logits`` = right head (predicts (h, w + 1)),
+        ``logits_down`` = down head (predicts (h + 1, w)). nbp: a whole row; logits predict the next row.
+        """
         b, t = tokens.shape
         if b != state.batch_size or positions.shape != tokens.shape:
             raise ValueError(f"tokens and positions must both be ({state.batch_size}, T)")
-        if not torch.equal(positions[:, 0], state.cache_len) or (t > 1 and not bool((positions.diff(dim=1) == 1).all())):
+        if self.order == "raster" and (not torch.equal(positions[:, 0], state.cache_len)
+                                       or (t > 1 and not bool((positions.diff(dim=1) == 1).all()))):
             raise ValueError("positions must continue the cache contiguously from state.cache_len")
-        if int(positions[:, -1].max()) >= state.num_tokens + state.extra_slots:
-            raise ValueError(f"positions must be < num_tokens + extra_slots = {state.num_tokens + state.extra_slots}")
+        if int(positions.max()) >= state.num_tokens + state.extra_slots or int(positions.min()) < 0:
+            raise ValueError(f"positions must lie in [0, {state.num_tokens + state.extra_slots})")
         if state.cfg:
             tokens, positions2 = tokens.repeat(2, 1), positions.repeat(2, 1)
         else:
             positions2 = positions
         slots = positions2 + state.prefix_len
         kv_end = int(slots.max()) + 1
-        h = self._run(self.tok_embeddings(tokens), slots, state.key_valid[:, :kv_end], state.caches, kv_end)
-        state.cache_len = positions[:, -1] + 1
-        logits = self._mix(state, self.output(h).float(), positions + 1)
-        return StepOutput(logits=logits, hidden=h[:b])
+        h, down = self._run(self.tok_embeddings(tokens), slots, state.key_valid[:, :kv_end], state.caches, kv_end)
+        state.cache_len = positions[:, -1] + 1 if self.order == "raster" else state.cache_len + t
+        logits, logits_down = self._heads(state, h, down, positions)
+        return StepOutput(logits=logits, hidden=h[:b], logits_down=logits_down)

@@ -18,6 +18,7 @@ from diffusers import DiffusionPipeline
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 
+from .. import tokenizers_visual  # noqa: F401  (diffusers only loads components from imported modules)
 from ..decoding import DecodeStats, SamplingConfig, get_decoder
 from ..models import Condition
 from ..models.text import encode_prompts

@@ -2,6 +2,7 @@
 
     python -m mmgen.train.train_generator --task scenes --out assets/scenes-t2i
     python -m mmgen.train.train_generator --task digits --out assets/digits-c2i
+    python -m mmgen.train.train_generator --task digits --order nar --out assets/digits-c2i-nar
 
 ``scenes``: text-to-image; the small text encoder and its word-level tokenizer are trained
 jointly with the generator and saved beside it. ``digits``: class-to-image on real digits
@@ -79,6 +80,8 @@ def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=sorted(PRESETS), required=True)
+    ap.add_argument("--order", choices=["raster", "nar", "nbp"], default="raster",
+                    help="generation order: raster (AR), nar (next-neighbour), nbp (next-block)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--vq", default="assets/vq")
     ap.add_argument("--work", default=None)
@@ -93,19 +96,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
-    work = Path(args.work or f"runs/train_{args.task}")
+    suffix = "" if args.order == "raster" else f"_{args.order}"
+    work = Path(args.work or f"runs/train_{args.task}{suffix}")
     acc = Accelerator(cpu=not torch.cuda.is_available())
     vq = VQTokenizer.from_pretrained(args.vq)
     t_start = time.time()
 
     text_encoder = tokenizer = None
     if args.task == "scenes":
-        codes, captions = scene_data(vq, args.num_scenes, work / "cache")
+        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"))
         tokenizer = build_text_tokenizer(caption_vocabulary(), TEXT_LEN)
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
         codes, labels = digit_data(vq)
-    model = ARTransformer(vocab_size=vq.vocab_size, **PRESETS[args.task])
+    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **PRESETS[args.task])
     step = 0
     if load_trainer_state(work) is not None:
         step = load_trainer_state(work)["step"]
@@ -167,8 +171,8 @@ def main(argv=None):
     pipe.save_pretrained(args.out)
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
-            "command": f"python -m mmgen.train.train_generator --task {args.task} --out {args.out} "
-                       f"--steps {args.steps} --threads {torch.get_num_threads()}"}
+            "command": f"python -m mmgen.train.train_generator --task {args.task} --order {args.order} "
+                       f"--out {args.out} --steps {args.steps} --batch {args.batch}"}
     Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
