@@ -28,6 +28,7 @@ from mmgen.eval.evaluate import (  # noqa: E402
     evaluate_scene_pipeline,
     generate,
     load_judges,
+    tokenizer_ceiling,
 )
 from mmgen.eval.judges import attribute_matches  # noqa: E402
 from mmgen.data import to_tensor  # noqa: E402
@@ -79,6 +80,8 @@ def main(argv=None):
             cfg, scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid)
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg)
         (folder / "recommended.json").write_text(json.dumps({"guidance_scale": cfg}, indent=2))
+        res.update(tokenizer_ceiling(pipe.vq, scene_judge if name == "scenes-t2i" else None,
+                                     digit_judge if name == "digits-c2i" else None))
         res.update(guidance_scale=cfg, validation_scores={str(k): round(v, 4) for k, v in scores.items()},
                    decoding="ar", threads=threads, date=str(date.today()), eval_seconds=round(time.time() - t0, 1),
                    command="python scripts/evaluate.py")

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .base import DecodeResult, register_decoder
 from .sampling import SamplingConfig, final_probs
-from .sjd import SJDDecoder, _multinomial
+from .sjd import SJDDecoder, _multinomial, check_raster
 
 
 def proximity_sets(emb: torch.Tensor, k: int) -> torch.Tensor:
@@ -143,6 +143,7 @@ class LanternDecoder(SJDDecoder):
     def _decode_drafter(self, generator, state, sampling, rng, callback) -> DecodeResult:
         """Chain drafting with the EAGLE head; per-row lengths as in SJD (see :mod:`.sjd`)."""
         dr = self.drafter
+        check_raster(generator)
         dr.check_generator(generator)
         if state.extra_slots < self.extra_slots:
             raise ValueError(f"lantern needs prefill(..., extra_slots={self.extra_slots}), got {state.extra_slots}")

@@ -94,6 +94,13 @@ def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 1e-12, r / s.clamp_min(1e-30), p)
 
 
+def check_raster(generator) -> None:
+    """Speculative decoding needs the raster contract (contiguous per-row positions + rollback)."""
+    caps = getattr(generator, "capabilities", frozenset({"speculative"}))
+    if "speculative" not in caps:
+        raise ValueError(f"speculative decoding needs a raster-order generator (capabilities {sorted(caps)})")
+
+
 # ---------------------------------------------------------------------------- the decoder
 @register_decoder("sjd")
 class SJDDecoder(Decoder):
@@ -182,6 +189,7 @@ class SJDDecoder(Decoder):
     # ---- main loop -----------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
+        check_raster(generator)
         stats, t0 = self._start(state)
         if state.extra_slots < self.extra_slots:
             raise ValueError(f"{self.name} needs prefill(..., extra_slots={self.extra_slots}), got {state.extra_slots}")

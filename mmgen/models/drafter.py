@@ -79,7 +79,7 @@ class Drafter(ModelMixin, ConfigMixin):
         """
         emb = self.in_norm(generator.tok_embeddings(tokens))  # (B, T, d)
         x = self.fc(torch.cat([hidden.to(emb.dtype), emb], -1))  # (B, T, d)
-        slots = positions + generator.config.prefix_len
+        slots = positions + getattr(generator, "prefix_slots", generator.config.prefix_len)
         cos, sin = generator.rope_cos[slots], generator.rope_sin[slots]  # (B, T, hd/2)
         if state is None:
             s = tokens.shape[1]
@@ -111,10 +111,12 @@ def generator_features(generator, tokens: torch.Tensor, condition: Condition,
     """Teacher-forced features of the generator: tokens (B, N) -> (hidden (B, N, d), logits (B, N, V))
     where ``hidden[:, t]`` is the last hidden state predicting token t (``[:, 0]`` = prefix end =
     ``state.first_hidden``), exactly what ``forward_step`` returns as ``hidden``."""
+    if getattr(generator, "order", "raster") != "raster":
+        raise ValueError("the draft head supports raster-order generators only")
     prefix, pmask = generator.embed_condition(condition, drop_condition)
     p = prefix.shape[1]
     x = torch.cat([prefix, generator.tok_embeddings(tokens[:, :-1])], 1)  # (B, P + N - 1, d)
     slots = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
     valid = torch.cat([pmask, torch.ones_like(tokens[:, :-1], dtype=torch.bool)], 1)
-    h = generator._run(x, slots, valid)[:, p - 1:]  # (B, N, d)
+    h = generator._run(x, slots, valid)[0][:, p - 1:]  # (B, N, d) (raster: _run -> (hidden, None))
     return h, generator.output(h).float()

@@ -188,6 +188,8 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     if guidance_scale is None:
         guidance_scale = float(recommended(ckpt).get("guidance_scale", 3.0))
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
+    if not isinstance(decoding, str):
+        raise ValueError(f"decoding must be a registered decoder name (it is recorded in metadata), got {decoding!r}")
     decoding_options = dict(decoding_options or {})
     try:  # validates name and options before any work
         get_decoder(decoding, **decoding_options)

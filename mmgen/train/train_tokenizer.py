@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +54,9 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--photo-frac", type=float, default=0.25, help="share of each batch taken from photo crops")
+    ap.add_argument("--cosine", action="store_true", help="cosine-decay the learning rate to 10%%")
+    ap.add_argument("--l1", type=float, default=0.5, help="weight of the L1 term (L2 has weight 1)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -73,11 +78,14 @@ def main(argv=None):
     photos = photo_crops(4000, seed=7)
     digits, _ = load_digits_rgb("train")
     rng = np.random.default_rng([args.seed, step])
-    n_photo = args.batch // 4
+    n_photo = int(round(args.batch * args.photo_frac))
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         vq.train()
+        if args.cosine:
+            for group in opt.param_groups:
+                group["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
         idx = rng.integers(len(scenes), size=args.batch - n_photo)
         x = torch.cat([to_tensor(np.stack([scenes[int(i)][0] for i in idx])),
                        to_tensor(photos[rng.integers(len(photos), size=n_photo)])])
@@ -87,7 +95,7 @@ def main(argv=None):
         loss_total = 0.0
         for xb in batches:
             rec, _, commit = vq(xb.to(acc.device))
-            loss = F.mse_loss(rec, xb) + 0.5 * F.l1_loss(rec, xb) + commit
+            loss = F.mse_loss(rec, xb) + args.l1 * F.l1_loss(rec, xb) + commit
             acc.backward(loss)
             loss_total += loss.item()
         acc.clip_grad_norm_(vq.parameters(), 1.0)
@@ -99,7 +107,7 @@ def main(argv=None):
     model = acc.unwrap_model(vq)
     metrics = evaluate_tokenizer(model)
     metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),
-                   command=f"python -m mmgen.train.train_tokenizer --out {args.out} --steps {args.steps}")
+                   command="python -m mmgen.train.train_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
     if acc.is_main_process:
         model.save_pretrained(args.out)
         Path(args.out, "metrics.json").write_text(json.dumps(metrics, indent=2))
