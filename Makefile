@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MMGEN_THREADS ?= 2
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo test e2e bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: install
 
 test: install-dev
 	$(BIN)/python -m pytest tests
+
+# Real-browser test only (needs Debian's chromium: apt-get install -y chromium; .ci/run installs it).
+e2e: install-dev
+	$(BIN)/python -m pytest tests/test_e2e_browser.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_decode.py

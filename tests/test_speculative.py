@@ -1,6 +1,7 @@
 """Speculative decoders (SJD, GSD, LANTERN): exactness where the maths promises it."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -332,3 +333,31 @@ def test_gsd_group_matches_its_definition():
     dec2._emb_now = e
     cand, member = dec2.group(p, torch.tensor([[0]]))  # rank 4: ranks 2..6 -> only 2, 3, 4 exist
     assert sorted(cand[member].tolist()) == [0, 1, 2]
+
+
+# ------------------------------------------------------------------ calibration on the shipped model (if present)
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[1] / "assets" / "digits-c2i" / "model_index.json").exists(),
+                    reason="shipped digits model not built")
+def test_sjd_is_calibrated_on_the_shipped_digits_model():
+    """Randomised PIT u = F(x-) + V p(x) of every SJD token under the teacher-forced CFG target is
+    U(0, 1) (KS) and the log-prob z-score is N(0, 1): lossless on a real model, not just a toy."""
+    from scipy.stats import kstest
+
+    gen = ARTransformer.from_pretrained(Path(__file__).resolve().parents[1] / "assets" / "digits-c2i" / "transformer")
+    cond = Condition(class_labels=torch.arange(40) % 10)
+    sampling = SamplingConfig(top_k=50)
+    res, _ = run(gen, cond, "sjd", sampling, torch.Generator().manual_seed(0), guidance=3.0)
+    x = res.tokens  # (40, 64)
+    with torch.no_grad():
+        lc, lu = gen(x, cond), gen(x, gen.null_condition(cond))
+    p = final_probs(lu + 3.0 * (lc - lu), sampling).double()  # (40, 64, V)
+    px = p.gather(-1, x[..., None])[..., 0]
+    below = p.cumsum(-1).gather(-1, x[..., None])[..., 0] - px
+    u = (below + torch.rand(px.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * px)
+    assert kstest(u.flatten().clamp(0, 1).numpy(), "uniform").pvalue > 1e-3
+    logp = p.clamp_min(1e-300).log()
+    h = -(p * logp).sum(-1)
+    var = (p * logp ** 2).sum(-1) - h ** 2
+    z = float((px.log() + h).sum() / var.sum().sqrt())
+    assert abs(z) < 4, z
+    assert res.stats.tokens_per_forward > 1.3

@@ -307,7 +307,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
         """
         prefix, pmask = self.embed_condition(condition, drop_condition)
         p = prefix.shape[1]
-        feed = tokens if self.order == "nar" else tokens[:, : self.num_tokens - (self.bov or 1)]
+        # raster drops the last token, NBP the last row (nothing predicts past the end); NAR feeds all
+        feed = tokens if self.order == "nar" else tokens[:, : tokens.shape[1] - (self.bov or 1)]
         x = self.token_drop(torch.cat([prefix, self.tok_embeddings(feed)], 1))  # (B, S, d)
         slots = torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
         valid = torch.cat([pmask, torch.ones(feed.shape, dtype=torch.bool, device=x.device)], 1)

@@ -1,0 +1,248 @@
+"""Gradio demo for mmgen: text-to-image (scenes) and class-to-image (digits) with any registered decoder.
+
+``python app.py`` serves on 127.0.0.1:7860 (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` override).
+Endpoints (for ``gradio_client``): ``/generate_image`` (prompt) and ``/generate_digit`` (class label),
+both returning ``(gallery, stats markdown, stats dict)``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import gradio as gr  # noqa: E402
+import torch  # noqa: E402
+
+from mmgen.assets import model_path  # noqa: E402
+from mmgen.decoding import DECODERS  # noqa: E402
+
+log = logging.getLogger("mmgen.app")
+
+SCENES_MODEL = "scenes-t2i"
+DIGITS_MODEL = "digits-c2i"
+MAX_IMAGES = 8
+MAX_SEED = 2**31 - 1
+SCENE_EXAMPLES = [
+    "a large green square in the center, white background",
+    "a small red circle on the left and a large blue triangle on the right, black background",
+    "a large yellow diamond at the top, gray background",
+]
+
+_CACHE: dict[str, object] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def load_pipeline(name_or_folder: str):
+    """Load a pipeline folder (or shipped model name) once per process and cache it."""
+    import mmgen.tokenizers_visual  # noqa: F401  (diffusers resolves component classes only if imported)
+    from mmgen.pipelines import ARImagePipeline
+
+    key = str(model_path(name_or_folder).resolve())
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            pipe = ARImagePipeline.from_pretrained(key)
+            pipe.set_progress_bar_config(disable=True)
+            _CACHE[key] = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+        return _CACHE[key]
+
+
+def _recommended_cfg(name_or_folder: str, default: float = 3.0) -> float:
+    """The model's recommended guidance scale (``recommended.json``), if the folder exists yet."""
+    try:
+        f = model_path(name_or_folder) / "recommended.json"
+        return float(json.loads(f.read_text()).get("guidance_scale", default)) if f.exists() else default
+    except (ValueError, OSError):
+        return default
+
+
+def parse_options(text: str | None) -> dict:
+    """The decoding-options textbox -> dict; ValueError naming the field otherwise."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"decoding options must be a JSON object, e.g. {{}}: {e.msg} at char {e.pos}") from None
+    if not isinstance(opts, dict):
+        raise ValueError(f"decoding options must be a JSON object, got {type(opts).__name__}")
+    return opts
+
+
+def check_decoder(decoding: str, options: dict) -> None:
+    """Build the decoder once to reject unknown methods / options with a ValueError naming them."""
+    from mmgen.decoding import get_decoder
+
+    try:
+        get_decoder(decoding, **options)
+    except TypeError as e:
+        raise ValueError(f"decoding options {sorted(options)} are not accepted by {decoding!r}: {e}") from None
+
+
+def _int_field(value, name: str, lo: int, hi: int) -> int:
+    try:
+        v = int(float(value))
+        ok = not isinstance(value, bool) and float(value) == v and lo <= v <= hi
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def stats_summary(stats: dict, ar_wall_time: float | None = None) -> dict:
+    """Decoder stats plus speedup over AR (AR needs one forward pass per token)."""
+    out = dict(stats)
+    out["speedup_over_ar_forward_passes"] = round(stats["tokens"] / max(stats["forward_passes"], 1), 3)
+    if ar_wall_time is not None:
+        out["ar_wall_time"] = round(ar_wall_time, 4)
+        out["speedup_over_ar_wall_time"] = round(ar_wall_time / max(stats["wall_time"], 1e-9), 3)
+    return out
+
+
+def stats_markdown(s: dict) -> str:
+    rows = [("method", s["method"]), ("forward passes", s["forward_passes"]),
+            ("tokens per image", s["tokens"]), ("tokens per forward", s["tokens_per_forward"]),
+            ("wall time (s)", s["wall_time"]),
+            ("speedup over AR (forward passes)", f"{s['speedup_over_ar_forward_passes']}x")]
+    if "speedup_over_ar_wall_time" in s:
+        rows.append(("speedup over AR (wall time)", f"{s['speedup_over_ar_wall_time']}x"))
+    return "| stat | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def run_generation(model: str, condition: dict, decoding, options_text, seed, cfg, top_k, top_p, temperature,
+                   num_images, compare_ar=False):
+    """Validate the form, run the pipeline and return ``(images, markdown, stats)``; raises ValueError."""
+    if decoding not in DECODERS:
+        raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
+    options = parse_options(options_text)
+    check_decoder(decoding, options)
+    seed = _int_field(seed, "seed", 0, MAX_SEED)
+    n = _int_field(num_images, "number of images", 1, MAX_IMAGES)
+    top_k = _int_field(top_k, "top_k", 0, 1 << 20)
+    pipe = load_pipeline(model)
+    dev = pipe._execution_device
+
+    def call(method, opts):
+        gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(n)]  # image i uses seed + i
+        return pipe(**condition, num_images_per_prompt=n, guidance_scale=float(cfg), top_k=top_k,
+                    top_p=float(top_p), temperature=float(temperature), generator=gens, decoding=method,
+                    decoding_options=opts)
+
+    out = call(decoding, options)
+    stats = out.stats.to_dict()
+    stats["accepted_length_histogram"] = {str(k): v for k, v in stats["accepted_length_histogram"].items()}
+    ar_wall = None
+    if compare_ar:
+        ar_wall = stats["wall_time"] if decoding == "ar" else call("ar", {}).stats.wall_time
+    summary = stats_summary(stats, ar_wall)
+    summary["seeds"] = [seed + i for i in range(n)]
+    return list(out.images), stats_markdown(summary), summary
+
+
+def _guarded(fn):
+    """Turn bad input into a gr.Error message; log (never show) tracebacks of unexpected failures."""
+
+    def wrapper(*args):
+        try:
+            return fn(*args)
+        except gr.Error:
+            raise
+        except ValueError as e:
+            raise gr.Error(str(e), title="Invalid input") from None
+        except Exception as e:  # noqa: BLE001 - shown as a message, logged with traceback
+            log.exception("generation failed")
+            raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _sampling_controls(default_cfg: float, prefix: str):
+    methods = sorted(DECODERS)
+    with gr.Row():
+        decoding = gr.Dropdown(methods, value="ar" if "ar" in methods else methods[0], label="decoding method",
+                               info="every registered method; one that needs another kind of generator says so",
+                               elem_id=f"{prefix}-decoding")
+        options = gr.Textbox(value="{}", label="decoding options (JSON)", lines=1, elem_id=f"{prefix}-options")
+    with gr.Row():
+        seed = gr.Number(value=0, precision=0, label="seed (image i uses seed + i)")
+        num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="number of images")
+        cfg = gr.Slider(0.0, 10.0, value=default_cfg, step=0.1, label="CFG (guidance scale)")
+    with gr.Row():
+        top_k = gr.Slider(0, 1024, value=0, step=1, label="top-k (0 = off)")
+        top_p = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="top-p (1 = off)")
+        temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="temperature")
+    compare = gr.Checkbox(False, label="also run AR to measure the wall-time speedup")
+    return [decoding, options, seed, cfg, top_k, top_p, temperature, num_images, compare]
+
+
+def _outputs(prefix: str):
+    gallery = gr.Gallery(label="images", format="png", columns=4, height=300, elem_id=f"{prefix}-gallery")
+    md = gr.Markdown(label="stats", elem_id=f"{prefix}-stats")
+    with gr.Accordion("raw stats (JSON)", open=False):
+        js = gr.JSON(label="stats (raw)")
+    return [gallery, md, js]
+
+
+def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODEL) -> gr.Blocks:
+    """The demo; pipelines are loaded on the first request and cached."""
+
+    def generate_image(prompt, decoding, options, seed, cfg, top_k, top_p, temperature, num_images, compare):
+        """Text-to-image on the scenes model."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt must be a non-empty string")
+        return run_generation(scenes_model, {"prompt": prompt.strip()}, decoding, options, seed, cfg, top_k,
+                              top_p, temperature, num_images, compare)
+
+    def generate_digit(class_label, decoding, options, seed, cfg, top_k, top_p, temperature, num_images, compare):
+        """Class-to-image (digit 0-9) on the digits model."""
+        label = _int_field(class_label, "class_label", 0, 9)
+        return run_generation(digits_model, {"class_labels": [label]}, decoding, options, seed, cfg, top_k,
+                              top_p, temperature, num_images, compare)
+
+    with gr.Blocks(title="mmgen: AR image generation") as demo:
+        gr.Markdown("# mmgen: token-based AR image generation\n"
+                    "Pick a decoding method (AR or a training-free accelerator) and compare forward passes, "
+                    "tokens per forward and wall time. Image *i* uses seed + *i*, so results are reproducible.")
+        with gr.Tabs():
+            with gr.Tab("Text to image (scenes)", id="scenes"):
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        prompt = gr.Textbox(label="prompt", value=SCENE_EXAMPLES[0], lines=1, elem_id="prompt")
+                        s_inputs = _sampling_controls(_recommended_cfg(scenes_model), "scenes")
+                        s_btn = gr.Button("Generate", variant="primary", elem_id="generate-image")
+                        gr.Examples([[p] for p in SCENE_EXAMPLES], inputs=[prompt], label="example prompts")
+                    with gr.Column(scale=4):
+                        s_outputs = _outputs("scenes")
+                s_btn.click(_guarded(generate_image), [prompt, *s_inputs], s_outputs, api_name="generate_image")
+                prompt.submit(_guarded(generate_image), [prompt, *s_inputs], s_outputs,
+                              api_visibility="private")
+            with gr.Tab("Class to image (digits)", id="digits"):
+                with gr.Row():
+                    with gr.Column(scale=5):
+                        label = gr.Number(value=7, precision=0, label="digit class (0-9)", elem_id="class-label")
+                        d_inputs = _sampling_controls(_recommended_cfg(digits_model), "digits")
+                        d_btn = gr.Button("Generate", variant="primary", elem_id="generate-digit")
+                        gr.Examples([[3], [7], [0]], inputs=[label], label="example classes")
+                    with gr.Column(scale=4):
+                        d_outputs = _outputs("digits")
+                d_btn.click(_guarded(generate_digit), [label, *d_inputs], d_outputs, api_name="generate_digit")
+    demo.queue(default_concurrency_limit=1, max_size=16)
+    return demo
+
+
+demo = build_demo()
+
+if __name__ == "__main__":
+    from mmgen.train.common import set_threads
+
+    set_threads()
+    demo.launch(server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")), theme=gr.themes.Soft())
