@@ -39,15 +39,12 @@ _CACHE_LOCK = threading.Lock()
 
 def load_pipeline(name_or_folder: str):
     """Load a pipeline folder (or shipped model name) once per process and cache it."""
-    import mmgen.tokenizers_visual  # noqa: F401  (diffusers resolves component classes only if imported)
-    from mmgen.pipelines import ARImagePipeline
+    from mmgen.cli import load_pipeline as load_uncached
 
     key = str(model_path(name_or_folder).resolve())
     with _CACHE_LOCK:
         if key not in _CACHE:
-            pipe = ARImagePipeline.from_pretrained(key)
-            pipe.set_progress_bar_config(disable=True)
-            _CACHE[key] = pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+            _CACHE[key] = load_uncached(key).to("cuda" if torch.cuda.is_available() else "cpu")
         return _CACHE[key]
 
 

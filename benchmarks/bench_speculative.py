@@ -37,7 +37,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import mmgen.tokenizers_visual  # noqa: F401  (registers the VQ class for from_pretrained)
 from mmgen.assets import model_path
 from mmgen.decoding import SamplingConfig, final_probs
 from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges, scene_prompts

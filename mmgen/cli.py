@@ -39,8 +39,6 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
 
 
 def load_pipeline(model: str):
-    import torch  # noqa: F401
-
     from .assets import model_path
     from .pipelines import ARImagePipeline
 

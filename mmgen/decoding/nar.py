@@ -28,7 +28,7 @@ def diagonals(g: int) -> list[torch.Tensor]:
 class NARDecoder(Decoder):
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
         if "nar" not in generator.capabilities:
-            raise ValueError("decoding='nar' needs a generator trained with order='nar' (e.g. assets/scenes-t2i-nar)")
+            raise ValueError("decoding='nar' needs a generator trained with order='nar' (e.g. assets/digits-c2i-nar)")
         stats, t0 = self._start(state)
         g, b = generator.grid_size, state.batch_size
         dev = state.first_logits.device

@@ -21,7 +21,7 @@ from .sampling import SamplingConfig, pick
 class NBPDecoder(Decoder):
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
         if "nbp" not in generator.capabilities:
-            raise ValueError("decoding='nbp' needs a generator trained with order='nbp' (e.g. assets/scenes-t2i-nbp)")
+            raise ValueError("decoding='nbp' needs a generator trained with order='nbp' (e.g. assets/digits-c2i-nbp)")
         stats, t0 = self._start(state)
         g, b = generator.grid_size, state.batch_size
         dev = state.first_logits.device

@@ -170,7 +170,6 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from .. import tokenizers_visual  # noqa: F401  (diffusers resolves the VQ component only if imported)
     from ..assets import model_path
     from ..cli import load_pipeline, recommended
     from ..decoding import SamplingConfig, get_decoder

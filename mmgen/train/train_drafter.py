@@ -78,7 +78,6 @@ def main(argv=None):
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
-    from .. import tokenizers_visual  # noqa: F401  (registers the VQ class for from_pretrained)
     from ..pipelines import ARImagePipeline
 
     pipe = ARImagePipeline.from_pretrained(model_path(args.model))
