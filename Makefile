@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MMGEN_THREADS ?= 2
 
-.PHONY: install install-dev demo test e2e bench clean
+.PHONY: install install-dev demo test e2e bench speech-corpus clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -33,6 +33,10 @@ e2e: install-dev
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_decode.py
+
+# eSpeak NG speech corpus (needs apt-get install espeak-ng; audio extras come with install-dev).
+speech-corpus: install-dev
+	$(BIN)/python -m mmgen.audio.corpus --out data/speech --n 600 --seed 0
 
 clean:
 	rm -rf $(VENV) .pytest_cache out*.png

@@ -28,3 +28,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack([x0 * c - x1 * s, x1 * c + x0 * s], dim=-1)
     return out.flatten(-2).type_as(x)
+
+
+def rope_1d_table(positions: torch.Tensor, head_dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (..., T) integer -> cos, sin (..., T, head_dim // 2): standard 1D RoPE (Su et al. 2021)."""
+    freqs = base ** (-torch.arange(head_dim // 2, dtype=torch.float64) * 2.0 / head_dim)  # (D/2,)
+    angles = positions.double()[..., None] * freqs
+    return angles.cos().float(), angles.sin().float()

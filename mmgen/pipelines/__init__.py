@@ -1,5 +1,6 @@
 """diffusers-style pipelines (components + ``__call__``)."""
 
 from .ar_image import ARImagePipeline, ARImagePipelineOutput
+from .speech import SpeechPipeline, SpeechPipelineOutput
 
-__all__ = ["ARImagePipeline", "ARImagePipelineOutput"]
+__all__ = ["ARImagePipeline", "ARImagePipelineOutput", "SpeechPipeline", "SpeechPipelineOutput"]

@@ -44,6 +44,13 @@ def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:
     return out
 
 
+def gradient_l1(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the finite differences of two image batches (B, C, H, W): an edge loss."""
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]
+    return F.l1_loss(dx(rec), dx(x)) + F.l1_loss(dy(rec), dy(x))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="assets/vq")
@@ -57,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--photo-frac", type=float, default=0.25, help="share of each batch taken from photo crops")
     ap.add_argument("--cosine", action="store_true", help="cosine-decay the learning rate to 10%%")
     ap.add_argument("--l1", type=float, default=0.5, help="weight of the L1 term (L2 has weight 1)")
+    ap.add_argument("--grad", type=float, default=0.0,
+                    help="weight of an L1 loss on horizontal/vertical image differences (sharpens outlines)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -96,6 +105,8 @@ def main(argv=None):
         for xb in batches:
             rec, _, commit = vq(xb.to(acc.device))
             loss = F.mse_loss(rec, xb) + args.l1 * F.l1_loss(rec, xb) + commit
+            if args.grad > 0:
+                loss = loss + args.grad * gradient_l1(rec, xb)
             acc.backward(loss)
             loss_total += loss.item()
         acc.clip_grad_norm_(vq.parameters(), 1.0)

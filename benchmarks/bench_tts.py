@@ -1,0 +1,134 @@
+"""Speech benchmark: WER / MCD / speed of the shipped TTS for plain AR (mctp 1) and MCTP k, in one run.
+
+    python benchmarks/bench_tts.py --model assets/tts --tokenizers assets/speech-tokenizers \
+        --corpus data/speech --mctp 1 2 4 --threads 1 --json docs/bench_tts.json
+
+Judges: PocketSphinx with the corpus-domain LM (WER by jiwer) and the simple mel-cepstral distortion
+(``mmgen.audio.judge``) against eSpeak's rendering of the same held-out sentence (voice en-us+f2,
+speed 165). Control rows in every run: eSpeak itself, codec and k-means resynthesis (ceilings) and a
+negative control (audio of the wrong sentence). Speed: backbone forward passes per utterance and per
+second of audio, steps per forward, real-time factor (generation + vocoding wall time / audio
+seconds), time to the first streamed chunk (forwards and seconds) and wall-clock speed-up vs mctp 1
+from interleaved repeats.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus, mel_cepstral_distortion  # noqa: E402
+from mmgen.audio.corpus import TEST_VOICE  # noqa: E402
+from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, text_to_ids  # noqa: E402
+from mmgen.train.common import set_threads  # noqa: E402
+
+
+def quality(judge, refs, ref_audio, audios) -> dict:
+    w = judge.wer(refs, audios, 16000)
+    mcd = [mel_cepstral_distortion(r, a) for r, a in zip(ref_audio, audios)]
+    return dict(wer=round(w["wer"], 4), mcd=round(float(np.mean(mcd)), 3), hyps=w["hyps"][:4])
+
+
+def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
+    """Generate every text one at a time (batch 1) with mctp = k; speed and first-chunk figures."""
+    tr = pipe.transformer
+    audios, passes, steps, wall, secs, first_fwd, first_s = [], [], [], [], [], [], []
+    need = first_chunk_frames(pipe.codec)
+    for t in texts:
+        t0 = time.perf_counter()
+        out = pipe(t, voice=TEST_VOICE, mctp=k)
+        wall.append(time.perf_counter() - t0)
+        a = out.audios[0, 0, :out.lengths[0]]
+        audios.append(a)
+        passes.append(out.stats.forward_passes)
+        steps.append(out.stats.tokens)
+        secs.append(len(a) / 16000)
+        # first streamed chunk: forwards until `need` complete frames exist (the rule pipe.stream uses)
+        ids = text_to_ids([t], tr.config.max_text_len)
+        vid = torch.tensor([tr.voice_index(TEST_VOICE)])
+        t0, grid = time.perf_counter(), []
+        for new, fwd in tr.generate_stream(ids, vid, mctp=k):
+            grid.append(new[0])
+            if tr.undelay(torch.cat(grid)).shape[1] >= need:
+                break
+        first_fwd.append(fwd)
+        first_s.append(time.perf_counter() - t0)
+    total_s = sum(secs)
+    row = dict(mctp=k, forward_passes_per_utt=round(float(np.mean(passes)), 1),
+               steps_per_forward=round(sum(steps) / sum(passes), 3),
+               forwards_per_audio_second=round(sum(passes) / total_s, 2),
+               rtf=round(sum(wall) / total_s, 3), wall_s=round(sum(wall), 2),
+               first_chunk_forwards=round(float(np.mean(first_fwd)), 1),
+               first_chunk_s=round(float(np.median(first_s)), 3), audio_s=round(total_s, 2))
+    return audios, row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="assets/tts")
+    ap.add_argument("--tokenizers", default="assets/speech-tokenizers")
+    ap.add_argument("--corpus", default="data/speech")
+    ap.add_argument("--mctp", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--repeats", type=int, default=2, help="interleaved timing repeats")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    judge = default_judge()
+    test = load_corpus(args.corpus, "test")
+    refs = [r["text"] for r in test]
+    ref_audio = [r["audio"] for r in test]
+    rows = []
+
+    rows.append(dict(system="eSpeak NG (ground truth)", **quality(judge, refs, ref_audio, ref_audio)))
+    shifted = ref_audio[1:] + ref_audio[:1]
+    rows.append(dict(system="negative control: wrong sentence", **quality(judge, refs, ref_audio, shifted)))
+    codec = MelRVQCodec.from_pretrained(Path(args.tokenizers) / "codec").eval()
+    sem = KMeansSpeechTokenizer.from_pretrained(Path(args.tokenizers) / "semantic").eval()
+    pipe = SpeechPipeline.from_pretrained(args.model)
+    levels = pipe.transformer.num_levels
+    for m in sorted({levels, codec.num_quantizers}):
+        res = [codec.decode(codec.encode(a)[:, :m])[0].numpy() for a in ref_audio]
+        rows.append(dict(system=f"codec resynthesis, {m} of {codec.num_quantizers} levels "
+                                f"({codec.bitrate(m):.0f} bps)", **quality(judge, refs, ref_audio, res)))
+    res = [sem.decode(sem.encode(a))[0].numpy() for a in ref_audio]
+    rows.append(dict(system=f"k-means semantic resynthesis ({sem.bitrate():.0f} bps)",
+                     **quality(judge, refs, ref_audio, res)))
+
+    timing: dict[int, list] = {k: [] for k in args.mctp}
+    tts = {}
+    for rep in range(args.repeats):
+        order = args.mctp if rep % 2 == 0 else list(reversed(args.mctp))
+        for k in order:
+            audios, row = tts_row(pipe, refs, k)
+            timing[k].append(row["wall_s"])
+            if k not in tts:
+                q = quality(judge, refs, ref_audio, audios)
+                dur = float(np.mean([len(a) / len(r) for a, r in zip(audios, ref_audio)]))
+                tts[k] = dict(system=f"TTS mctp={k}", **q, duration_ratio=round(dur, 3), **row)
+    base = statistics.median(timing[min(args.mctp)])
+    for k in args.mctp:
+        tts[k]["wall_speedup_vs_mctp1"] = round(base / statistics.median(timing[k]), 2)
+        tts[k]["forward_reduction_vs_mctp1"] = round(tts[min(args.mctp)]["forward_passes_per_utt"]
+                                                     / tts[k]["forward_passes_per_utt"], 2)
+        rows.append(tts[k])
+    result = dict(model=args.model, n_sentences=len(refs), voice=TEST_VOICE, threads=args.threads,
+                  command="python benchmarks/bench_tts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  date=time.strftime("%Y-%m-%d"), rows=rows)
+    for r in rows:
+        print({k: v for k, v in r.items() if k != "hyps"})
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,151 @@
+"""Text-to-speech pipeline: text -> SpeechTransformer (AR or MCTP) -> RVQ codes -> MelRVQ codec -> waveform.
+
+    pipe = SpeechPipeline.from_pretrained("assets/tts")
+    out = pipe("the red dog follows a cat", mctp=4)
+    out.audios        # (B, 1, T) float32 at 16 kHz, zero-padded; out.lengths gives each row's length
+    for chunk in pipe.stream("the red dog follows a cat"):   # streaming: audio as tokens arrive
+        ...
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
+
+from ..audio.codec import MelRVQCodec
+from ..audio.corpus import ALPHABET, check_text
+from ..audio.features import vocode, vocode_chunk
+from ..decoding.base import DecodeStats
+from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
+
+VOCODER_CHUNK, VOCODER_CONTEXT = 32, 8  # frames per streamed audio chunk (0.512 s) and look-ahead
+
+
+@dataclass
+class SpeechPipelineOutput(AudioPipelineOutput):
+    """``audios`` (B, 1, T) float32; ``lengths`` samples per row; ``codes`` per row (M, F); ``stats``."""
+
+    lengths: list
+    codes: list
+    stats: DecodeStats
+    sample_rate: int = 16000
+
+
+def first_chunk_frames(codec: MelRVQCodec, index: int = 0) -> int:
+    """Complete codec frames needed before streamed chunk ``index`` is final (chunk + look-ahead + decoder radius)."""
+    return (index + 1) * VOCODER_CHUNK + VOCODER_CONTEXT + codec.receptive_radius
+
+
+def text_to_ids(texts: list[str], max_chars: int) -> torch.Tensor:
+    """Validated texts -> (B, T) long, left-padded with TEXT_PAD; char c -> ALPHABET.index(c) + 1."""
+    clean = [check_text(t, max_chars=max_chars) for t in texts]
+    width = max(len(t) for t in clean)
+    ids = torch.full((len(clean), width), TEXT_PAD, dtype=torch.long)
+    for i, t in enumerate(clean):
+        ids[i, width - len(t):] = torch.tensor([ALPHABET.index(c) + 1 for c in t])
+    return ids
+
+
+class SpeechPipeline(DiffusionPipeline):
+    """Components: ``transformer`` (:class:`SpeechTransformer`) and ``codec`` (:class:`MelRVQCodec`)."""
+
+    model_cpu_offload_seq = "transformer->codec"
+
+    def __init__(self, transformer: SpeechTransformer, codec: MelRVQCodec):
+        super().__init__()
+        self.register_modules(transformer=transformer, codec=codec)
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.config.sample_rate
+
+    @property
+    def voices(self) -> list[str]:
+        return list(self.transformer.config.voices)
+
+    def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0):
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts:
+            raise ValueError("text must be a non-empty string or list of strings")
+        ids = text_to_ids(texts, self.transformer.config.max_text_len)
+        voice = voice or self.voices[0]
+        vid = torch.full((len(texts),), self.transformer.voice_index(voice), dtype=torch.long)
+        k_max = self.transformer.config.mctp
+        if mctp is not None and not (isinstance(mctp, int) and 1 <= mctp <= k_max):
+            raise ValueError(f"mctp must be an integer in [1, {k_max}], got {mctp!r}")
+        limit = self.transformer.config.max_frames / self.codec.frame_rate
+        if max_seconds is not None and not 0 < max_seconds <= limit:
+            raise ValueError(f"max_seconds must be in (0, {limit:.2f}], got {max_seconds}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not 0 <= min_seconds <= (max_seconds or limit):
+            raise ValueError(f"min_seconds must be in [0, max_seconds], got {min_seconds}")
+        max_frames = None if max_seconds is None else max(1, int(max_seconds * self.codec.frame_rate))
+        return ids.to(self.device), vid.to(self.device), max_frames, int(min_seconds * self.codec.frame_rate)
+
+    @torch.no_grad()
+    def __call__(self, text: "str | list[str]", voice: str | None = None, mctp: int | None = None,
+                 temperature: float = 0.0, top_k: int | None = None, max_seconds: float | None = None,
+                 min_seconds: float = 0.0, generator: torch.Generator | None = None, output_type: str = "np",
+                 return_dict: bool = True):
+        """Synthesize speech. ``mctp``: audio steps per backbone forward (1 = plain AR; default the model's
+        maximum). Greedy when ``temperature`` is 0; ``min_seconds`` forbids stopping earlier.
+        ``output_type``: "np" or "pt"."""
+        if output_type not in ("np", "pt"):
+            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+        ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        t0 = time.perf_counter()
+        gen = self.transformer.generate(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
+                                        max_frames=max_frames, min_frames=min_frames, generator=generator)
+        waves = [vocode(self.codec.decode_mel(c[None]), self.codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT,
+                        self.codec.config.griffin_lim_iters)[0] if c.shape[1] else torch.zeros(0) for c in gen.codes]
+        stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
+                            tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=time.perf_counter() - t0,
+                            accepted_lengths=gen.steps_per_forward)
+        lengths = [int(w.numel()) for w in waves]
+        audios = torch.zeros(len(waves), 1, max(lengths + [1]))
+        for i, w in enumerate(waves):
+            audios[i, 0, :w.numel()] = w
+        if output_type == "np":
+            audios = audios.numpy()
+        out = SpeechPipelineOutput(audios=audios, lengths=lengths, codes=gen.codes, stats=stats,
+                                   sample_rate=self.sample_rate)
+        return out if return_dict else (audios,)
+
+    @torch.no_grad()
+    def stream(self, text: str, voice: str | None = None, mctp: int | None = None, temperature: float = 0.0,
+               top_k: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
+               generator: torch.Generator | None = None):
+        """Yield float32 audio chunks (np, 16 kHz) of one utterance as soon as their frames are generated.
+
+        Chunk i covers codec frames [32 i, 32 i + 32) and needs 8 frames of look-ahead; the chunks
+        concatenate to exactly ``__call__``'s audio for the same arguments.
+        """
+        if not isinstance(text, str):
+            raise ValueError("text must be a single string for streaming")
+        ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        tr, codec = self.transformer, self.codec
+        n_iter = codec.config.griffin_lim_iters
+        grid, emitted = [], 0  # emitted: chunks already yielded
+        for steps, _ in tr.generate_stream(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
+                                           max_frames=max_frames, min_frames=min_frames,
+                                           generator=generator):
+            grid.append(steps[0])
+            codes = tr.undelay(torch.cat(grid))  # (M, n) frames whose every level exists
+            n = codes.shape[1]
+            # chunk i is final once its look-ahead frames exist and their mel no longer depends on missing codes
+            while n and first_chunk_frames(codec, emitted) <= n:
+                mel = codec.decode_mel(codes[None])
+                yield vocode_chunk(mel, emitted, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()
+                emitted += 1
+        codes = tr.undelay(torch.cat(grid))
+        if codes.shape[1] == 0:
+            return
+        mel = codec.decode_mel(codes[None])
+        for i in range(emitted, (codes.shape[1] + VOCODER_CHUNK - 1) // VOCODER_CHUNK):
+            yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()

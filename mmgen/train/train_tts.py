@@ -1,0 +1,142 @@
+"""Train the AR text-to-speech generator (with MCTP modules) on codec tokens of the eSpeak corpus.
+
+    python -m mmgen.train.train_tts --corpus data/speech --tokenizers assets/speech-tokenizers --out assets/tts
+
+Writes a :class:`~mmgen.pipelines.speech.SpeechPipeline` folder (transformer + codec, safetensors).
+Loss = CE(backbone) + ``--mctp-weight`` * mean_i CE(MCTP module i), on every level of every step
+of the delayed grid except the forced PAD slots; the modules train jointly with the backbone
+(VITA-Audio trains them in frozen-backbone stages; see ``mmgen/models/speech_transformer.py``).
+Single process (accelerate), resumable from ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..audio.codec import MelRVQCodec
+from ..audio.corpus import ALPHABET, VOICES, load_corpus
+from ..audio.features import log_mel
+from ..models.speech_transformer import SpeechTransformer
+from ..pipelines.speech import SpeechPipeline, text_to_ids
+from .common import atomic_dir, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+
+
+@torch.no_grad()
+def corpus_codes(codec: MelRVQCodec, corpus: str, levels: int) -> list[dict]:
+    items = []
+    for r in load_corpus(corpus, "train"):
+        codes = codec.encode_mel(log_mel(torch.from_numpy(r["audio"])[None], codec.mel_cfg))[0, :levels]
+        items.append(dict(text=r["text"], voice=r["voice"], codes=codes))  # codes (M, F)
+    return items
+
+
+def make_batch(model: SpeechTransformer, items: list[dict], idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """-> text ids (B, Tt), voices (B,), delayed grids (B, S, M) END-padded, valid mask (B, S, M)."""
+    texts = [items[i]["text"] for i in idx]
+    ids = text_to_ids(texts, model.config.max_text_len)
+    voices = torch.tensor([model.voice_index(items[i]["voice"]) for i in idx])
+    grids = [model.delay(items[i]["codes"]) for i in idx]
+    s = max(g.shape[0] for g in grids)
+    steps = torch.full((len(idx), s, model.num_levels), model.END, dtype=torch.long)
+    valid = torch.zeros(len(idx), s, model.num_levels, dtype=torch.bool)
+    for b, g in enumerate(grids):
+        steps[b, :g.shape[0]] = g
+        valid[b, :g.shape[0]] = g != model.PAD
+    return ids, voices, steps, valid
+
+
+def tts_loss(model, ids, voices, steps, valid, mctp_weight: float) -> tuple[torch.Tensor, list[float]]:
+    outs = model(ids, voices, steps)
+    losses = []
+    for i, logits in enumerate(outs):  # module i predicts steps i..S-1
+        tgt, m = steps[:, i:], valid[:, i:]
+        losses.append(F.cross_entropy(logits[m], tgt[m]))
+    total = losses[0] + (mctp_weight * torch.stack(losses[1:]).mean() if len(losses) > 1 else 0.0)
+    return total, [round(x.item(), 4) for x in losses]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default="data/speech")
+    ap.add_argument("--tokenizers", default="assets/speech-tokenizers")
+    ap.add_argument("--out", default="assets/tts")
+    ap.add_argument("--work", default="runs/train_tts")
+    ap.add_argument("--levels", type=int, default=2, help="codec RVQ levels the generator models")
+    ap.add_argument("--mctp", type=int, default=4, help="tokens per backbone forward at most (modules = mctp - 1)")
+    ap.add_argument("--mctp-weight", type=float, default=1.0)
+    ap.add_argument("--dim", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    work = Path(args.work)
+    codec = MelRVQCodec.from_pretrained(Path(args.tokenizers) / "codec").eval()
+    if not 1 <= args.levels <= codec.num_quantizers:
+        raise ValueError(f"--levels must be in [1, {codec.num_quantizers}], got {args.levels}")
+    t0 = time.time()
+    items = corpus_codes(codec, args.corpus, args.levels)
+    model = SpeechTransformer(text_vocab_size=len(ALPHABET) + 1, voices=tuple(VOICES), num_quantizers=args.levels,
+                              codebook_size=codec.codebook_size, dim=args.dim, n_layers=args.layers,
+                              n_heads=args.heads, mctp=args.mctp, dropout=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+    step = 0
+    if (state := load_trainer_state(work)) is not None:
+        model = SpeechTransformer.from_pretrained(work / "transformer")
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
+        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
+        step = state["step"]
+        acc.print(f"resuming from step {step}")
+    model, opt = acc.prepare(model, opt)
+    rng = np.random.default_rng([args.seed, step])
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
+    parts = []
+    for step in bar:
+        model.train()
+        warm = min(1.0, (step + 1) / 100)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        batch = make_batch(acc.unwrap_model(model), items, rng.integers(len(items), size=args.batch))
+        loss, parts = tts_loss(model, *[t.to(acc.device) for t in batch], args.mctp_weight)
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}", main=parts[0])
+        stop = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop:
+            save_checkpoint(work, {"transformer": acc.unwrap_model(model)}, opt, step + 1)
+        if stop:
+            break
+    model = acc.unwrap_model(model).eval()
+    cmd = "python -m mmgen.train.train_tts " + " ".join(argv if argv is not None else sys.argv[1:])
+    info = dict(steps_done=step + 1, final_losses=parts, train_seconds=round(time.time() - t0, 1),
+                threads=torch.get_num_threads(), command=cmd)
+    if acc.is_main_process:
+        with atomic_dir(args.out) as tmp:
+            SpeechPipeline(transformer=model, codec=codec).save_pretrained(tmp)
+            (tmp / "training.json").write_text(json.dumps(info, indent=2))
+        print(json.dumps(info, indent=2))
+
+
+if __name__ == "__main__":
+    main()

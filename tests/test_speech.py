@@ -1,0 +1,195 @@
+"""Speech tokenizers, the TTS generator with MCTP, streaming and the speech pipeline (tiny random models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mmgen.audio import KMeansSpeechTokenizer, MelRVQCodec, log_mel
+from mmgen.audio.corpus import ALPHABET, VOICES
+from mmgen.audio.semantic import kmeans
+from mmgen.models.speech_transformer import SpeechTransformer
+from mmgen.pipelines.speech import SpeechPipeline, text_to_ids
+
+K = 16
+
+
+def tiny_codec(levels: int = 3) -> MelRVQCodec:
+    torch.manual_seed(0)
+    codec = MelRVQCodec(codebook_size=K, num_quantizers=levels, hidden=32, codebook_dim=8, griffin_lim_iters=4)
+    codec.train()
+    for _ in range(12):  # k-means initialises each level on its first training batch (levels drop out at random)
+        codec(torch.randn(4, 80, 40))
+    assert all(bool(layer._codebook.initted) for layer in codec.rvq.layers)
+    return codec.eval()
+
+
+def tiny_tts(mctp: int = 3, levels: int = 2, max_frames: int = 120) -> SpeechTransformer:
+    torch.manual_seed(0)
+    return SpeechTransformer(text_vocab_size=len(ALPHABET) + 1, voices=VOICES, num_quantizers=levels,
+                             codebook_size=K, dim=32, n_layers=2, n_heads=2, mctp=mctp, max_frames=max_frames).eval()
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return SpeechPipeline(transformer=tiny_tts(), codec=tiny_codec())
+
+
+def test_codec_shapes_bitrate_and_level_dropping():
+    codec = tiny_codec()
+    wav = torch.randn(2, 16000) * 0.1
+    codes = codec.encode(wav)
+    assert codes.shape == (2, 3, 16000 // 256 + 1) and codes.dtype == torch.long
+    assert 0 <= int(codes.min()) and int(codes.max()) < K
+    assert codec.frame_rate == 62.5
+    assert codec.bitrate() == pytest.approx(62.5 * 3 * 4) and codec.bitrate(1) == pytest.approx(62.5 * 4)
+    audio = codec.decode(codes)
+    assert audio.shape == (2, codes.shape[-1] * 256) and audio.abs().max() <= 1
+    # residual VQ: decoding with fewer levels is allowed and changes the result
+    m1, m3 = codec.decode_mel(codes[:, :1]), codec.decode_mel(codes)
+    assert m1.shape == m3.shape and not torch.allclose(m1, m3)
+
+
+def test_codec_save_load_round_trip(tmp_path):
+    codec = tiny_codec()
+    codec.save_pretrained(tmp_path)
+    again = MelRVQCodec.from_pretrained(tmp_path).eval()
+    wav = torch.randn(1, 8000) * 0.1
+    assert torch.equal(codec.encode(wav), again.encode(wav))
+
+
+@pytest.mark.parametrize("bad, match", [
+    (dict(sample_rate=22050), "sample_rate"),
+    (dict(audio=np.zeros(100, np.float32)), "at least 1024"),
+    (dict(audio=np.full(4000, np.nan, np.float32)), "NaN"),
+])
+def test_codec_bad_audio(bad, match):
+    codec = tiny_codec()
+    args = dict(audio=np.zeros(4000, np.float32), sample_rate=16000) | bad
+    with pytest.raises(ValueError, match=match):
+        codec.encode(args["audio"], sample_rate=args["sample_rate"])
+
+
+def test_codec_bad_codes():
+    codec = tiny_codec()
+    with pytest.raises(ValueError, match=r"\[0, 16\)"):
+        codec.decode(torch.full((1, 2, 5), K))
+    with pytest.raises(ValueError, match="levels"):
+        codec.decode(torch.zeros(1, 4, 5, dtype=torch.long))
+
+
+def test_kmeans_deterministic_and_recovers_clusters():
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(4, 3, generator=g) * 10
+    x = torch.cat([c + 0.1 * torch.randn(50, 3, generator=g) for c in centers])
+    a = kmeans(x, 4, generator=torch.Generator().manual_seed(1))
+    b = kmeans(x, 4, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert torch.cdist(centers, a).min(1).values.max() < 0.5  # every true centre found
+    tok = KMeansSpeechTokenizer(codebook_size=8)
+    frames = log_mel(torch.randn(2, 16000) * 0.1)[0].T  # (F, 80)
+    tok.fit(frames, generator=torch.Generator().manual_seed(0))
+    ids = tok.encode(torch.randn(16000) * 0.1)
+    assert ids.shape == (1, 63) and int(ids.max()) < 8
+    assert tok.decode(ids).shape == (1, 63 * 256)
+    assert tok.bitrate() == pytest.approx(62.5 * 3)
+
+
+def test_delay_pattern_round_trip():
+    model = tiny_tts(levels=3)
+    codes = torch.randint(K, (3, 7))
+    grid = model.delay(codes)  # (F + M, M)
+    assert grid.shape == (10, 3)
+    assert grid[0, 1] == model.PAD and grid[1, 2] == model.PAD and grid[7, 0] == model.END
+    assert torch.equal(model.undelay(grid), codes)
+    assert torch.equal(model.undelay(grid[:6]), codes[:, :4])  # a prefix: only frames with every level
+
+
+def test_greedy_ar_equals_teacher_forced_argmax():
+    """The cached step-by-step path (mctp=1) reproduces the full causal forward."""
+    model = tiny_tts()
+    ids, v = text_to_ids(["the dog", "a red cat runs"], 200), torch.tensor([0, 2])
+    out = model.generate(ids, v, mctp=1, max_frames=30)
+    assert out.forward_passes == out.steps.shape[1]  # prefill + one forward per further step
+    logits = model(ids, v, out.steps)[0]  # (B, S, M, K + 2)
+    for s in range(out.steps.shape[1]):
+        end_at = torch.tensor([(g[:, 0] == model.END).nonzero()[0].item() if (g[:, 0] == model.END).any() else 30
+                               for g in out.steps[:, :s + 1]])
+        end_at = torch.where(end_at == s, torch.full_like(end_at, 30), end_at)  # END emitted at s is a free choice
+        assert torch.equal(model._pick(logits[:, s], s, end_at, 0.0, None, None), out.steps[:, s])
+
+
+def reference_ar(model, ids, v, max_frames, generator, temperature=1.0, top_k=5):
+    """Plain AR without a cache: recompute the whole forward for every step."""
+    b, m = ids.shape[0], model.num_levels
+    steps = torch.zeros(b, 0, m, dtype=torch.long)
+    end_at = torch.full((b,), max_frames)
+    for s in range(max_frames + m):
+        padded = torch.cat([steps, torch.full((b, 1, m), model.END)], 1)
+        logits = model(ids, v, padded)[0][:, s]
+        tok = model._pick(logits, s, end_at, temperature, top_k, generator)
+        end_at = torch.where((tok[:, 0] == model.END) & (end_at > s), torch.full_like(end_at, s), end_at)
+        steps = torch.cat([steps, tok[:, None]], 1)
+        if bool((s + 1 >= end_at + m).all()):
+            break
+    return steps
+
+
+def test_mctp_k1_equals_plain_ar_under_same_seed():
+    model = tiny_tts()
+    ids, v = text_to_ids(["a cat", "the blue bird"], 200), torch.tensor([1, 0])
+    ref = reference_ar(model, ids, v, 25, torch.Generator().manual_seed(7))
+    out = model.generate(ids, v, mctp=1, temperature=1.0, top_k=5, max_frames=25,
+                         generator=torch.Generator().manual_seed(7))
+    assert torch.equal(out.steps, ref)
+
+
+def test_mctp_modules_match_teacher_forcing_and_cut_forwards():
+    model = tiny_tts(mctp=3)
+    ids, v = text_to_ids(["the green horse"], 200), torch.tensor([0])
+    out = model.generate(ids, v, mctp=3, max_frames=40, min_frames=40)
+    s = out.steps.shape[1]
+    assert s == 42 and out.steps_per_forward[:-1] == [3] * (len(out.steps_per_forward) - 1)
+    assert out.forward_passes == len(out.steps_per_forward) == -(-s // 3)
+    outs = model(ids, v, out.steps)  # backbone + 2 module logits, teacher-forced on the generated grid
+    end_at = torch.tensor([40])
+    for step in range(s):
+        i = step % 3  # step produced by module i (0 = backbone) of its forward
+        base = step - i
+        logits = outs[i][:, base]  # module i's output at the step its chain started from
+        assert torch.equal(model._pick(logits, step, end_at, 0.0, None, None, min_frames=40), out.steps[:, step])
+
+
+def test_streaming_concatenates_to_whole_output(pipe):
+    whole = pipe("the red dog follows a cat", min_seconds=1.6, max_seconds=1.9)
+    chunks = list(pipe.stream("the red dog follows a cat", min_seconds=1.6, max_seconds=1.9))
+    assert len(chunks) >= 3
+    audio = np.concatenate(chunks)
+    assert audio.shape[0] == whole.lengths[0]
+    np.testing.assert_allclose(audio, whole.audios[0, 0, :whole.lengths[0]], atol=1e-5)
+
+
+def test_pipeline_save_load_and_outputs(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path)
+    again = SpeechPipeline.from_pretrained(tmp_path)
+    a = pipe(["a cat", "the small dog"], max_seconds=0.5, output_type="pt")
+    b = again(["a cat", "the small dog"], max_seconds=0.5, output_type="pt")
+    assert a.audios.shape[:2] == (2, 1) and torch.equal(a.audios, b.audios)
+    assert a.stats.forward_passes > 0 and a.stats.batch_size == 2 and a.sample_rate == 16000
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(text=""), "text"),
+    (dict(text="héllo"), "text"),
+    (dict(text="a" * 201), "text"),
+    (dict(text="a cat", voice="robot"), "voice"),
+    (dict(text="a cat", mctp=4), "mctp"),
+    (dict(text="a cat", mctp=0), "mctp"),
+    (dict(text="a cat", max_seconds=0), "max_seconds"),
+    (dict(text="a cat", temperature=-1), "temperature"),
+    (dict(text="a cat", output_type="wav"), "output_type"),
+])
+def test_pipeline_bad_input(pipe, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        pipe(**kwargs)
