@@ -22,6 +22,7 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(BIN)/mmgen generate --prompt "a small red circle on the left, blue background" --out out.png
 	$(BIN)/mmgen generate --class 7 --batch 8 --out out_digit7.png
+	$(BIN)/mmgen tts "the red dog follows a cat near the river" --out out.wav
 	$(BIN)/mmgen info
 
 test: install-dev
@@ -39,4 +40,4 @@ speech-corpus: install-dev
 	$(BIN)/python -m mmgen.audio.corpus --out data/speech --n 600 --seed 0
 
 clean:
-	rm -rf $(VENV) .pytest_cache out*.png
+	rm -rf $(VENV) .pytest_cache out*.png out*.wav

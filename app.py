@@ -1,8 +1,10 @@
-"""Gradio demo for mmgen: text-to-image (scenes) and class-to-image (digits) with any registered decoder.
+"""Gradio demo for mmgen: text-to-image (scenes) and class-to-image (digits) with any registered decoder,
+and text-to-speech (AR or MCTP, optionally streamed).
 
 ``python app.py`` serves on 127.0.0.1:7860 (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` override).
 Endpoints (for ``gradio_client``): ``/generate_image`` (prompt) and ``/generate_digit`` (class label),
-both returning ``(gallery, stats markdown, stats dict)``.
+both returning ``(gallery, stats markdown, stats dict)``; ``/synthesize_speech`` (text, voice, mctp,
+temperature, seed, stream, compare) returning ``(audio, stats markdown, stats dict)``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmgen.assets import model_path  # noqa: E402
@@ -25,6 +28,7 @@ log = logging.getLogger("mmgen.app")
 
 SCENES_MODEL = "scenes-t2i"
 DIGITS_MODEL = "digits-c2i"
+TTS_MODEL = "tts"  # assets/tts (or $MMGEN_ASSETS/tts); a folder path works too
 MAX_IMAGES = 8
 MAX_SEED = 2**31 - 1
 SCENE_EXAMPLES = [
@@ -32,6 +36,9 @@ SCENE_EXAMPLES = [
     "a small red circle on the left and a large blue triangle on the right, black background",
     "a large yellow diamond at the top, gray background",
 ]
+
+SPEECH_EXAMPLES = ["the red dog follows a cat", "a hungry doctor finds the monkey near the river",
+                   "the small pilot carries a yellow baby on the bridge"]
 
 _CACHE: dict[str, object] = {}
 _CACHE_LOCK = threading.Lock()
@@ -142,23 +149,165 @@ def run_generation(model: str, condition: dict, decoding, options_text, seed, cf
     return list(out.images), stats_markdown(summary), summary
 
 
+def load_speech(name_or_folder: str):
+    """The text-to-speech pipeline, loaded on first use and cached; ValueError saying how to get it if missing."""
+    from mmgen.assets import assets_dir
+    from mmgen.cli import load_speech_pipeline
+
+    try:
+        key = str(model_path(name_or_folder).resolve())
+    except ValueError:
+        raise ValueError(f"the text-to-speech model {name_or_folder!r} is not installed (no folder {name_or_folder!r} "
+                         f"or {assets_dir() / name_or_folder}); train it with "
+                         "`python -m mmgen.train.train_tts --out assets/tts`") from None
+    with _CACHE_LOCK:
+        if key not in _CACHE:
+            _CACHE[key] = load_speech_pipeline(key).to("cuda" if torch.cuda.is_available() else "cpu")
+        return _CACHE[key]
+
+
+def _tts_config(name_or_folder: str) -> dict:
+    """The TTS transformer's config.json (voices, mctp) without loading weights; {} if the model is missing."""
+    try:
+        return json.loads((model_path(name_or_folder) / "transformer" / "config.json").read_text())
+    except (ValueError, OSError):
+        return {}
+
+
+def speech_markdown(s: dict) -> str:
+    rows = [("method", s["method"]), ("forward passes", s["forward_passes"]), ("steps", s["steps"]),
+            ("steps per forward", s["steps_per_forward"]), ("wall time (s)", s["wall_time"]),
+            ("audio (s)", s["audio_seconds"]), ("real-time factor (wall / audio)", s["rtf"])]
+    if "time_to_first_chunk" in s:
+        rows.append(("time to first chunk (s)", s["time_to_first_chunk"]))
+    if "ar_forward_passes" in s:
+        rows += [("AR (mctp=1) forward passes", s["ar_forward_passes"]),
+                 ("speed-up vs AR (forward passes)", f"{s['speedup_over_ar_forward_passes']}x"),
+                 ("speed-up vs AR (wall time)", f"{s['speedup_over_ar_wall_time']}x")]
+    return "| stat | value |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+
+
+def run_tts(model: str, text, voice, mctp, temperature, seed, stream=False, compare_ar=False,
+            max_seconds: float | None = None):
+    """Validate the form and synthesize; yields ``((sample_rate, int16 audio), markdown, stats)``.
+
+    Streaming yields the audio so far after every chunk, then the final stats; otherwise one yield.
+    Raises ValueError on bad input.
+    """
+    from mmgen.cli import pcm16, speech_summary
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("text must be a non-empty string")
+    seed = _int_field(seed, "seed", 0, MAX_SEED)
+    try:
+        temperature = float(temperature)
+    except (TypeError, ValueError):
+        raise ValueError(f"temperature must be a number, got {temperature!r}") from None
+    pipe = load_speech(model)
+    mctp = _int_field(mctp, "mctp", 1, pipe.transformer.config.mctp)
+    sr = pipe.sample_rate
+
+    def kwargs():
+        return dict(voice=voice or None, temperature=temperature, max_seconds=max_seconds,
+                    generator=torch.Generator(device=pipe.device).manual_seed(seed))
+
+    if stream:
+        run = pipe.stream(text, mctp=mctp, **kwargs())
+        pieces = []
+        for chunk in run:
+            pieces.append(pcm16(chunk))
+            yield (sr, np.concatenate(pieces)), f"streaming: {sum(map(len, pieces)) / sr:.2f} s so far", {}
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, np.int16)
+        summary = speech_summary(run.stats, run.samples, sr, run.first_chunk_time)
+    else:
+        res = pipe(text, mctp=mctp, **kwargs())
+        audio = pcm16(res.audios[0, 0, :res.lengths[0]])
+        summary = speech_summary(res.stats, res.lengths[0], sr)
+    summary.update(voice=voice or pipe.voices[0], mctp=mctp, seed=seed, stream=bool(stream))
+    if compare_ar:
+        ar = res.stats if (mctp == 1 and not stream) else pipe(text, mctp=1, **kwargs()).stats
+        summary.update(ar_forward_passes=ar.forward_passes, ar_wall_time=round(ar.wall_time, 4),
+                       speedup_over_ar_forward_passes=round(ar.forward_passes / max(summary["forward_passes"], 1), 3),
+                       speedup_over_ar_wall_time=round(ar.wall_time / max(summary["wall_time"], 1e-9), 3))
+    yield (sr, audio), speech_markdown(summary), summary
+
+
+def _gr_error(e: Exception) -> gr.Error:
+    """Bad input (ValueError) -> its message; anything else -> a one-line message, traceback only in the log."""
+    if isinstance(e, gr.Error):
+        return e
+    if isinstance(e, ValueError):
+        return gr.Error(str(e), title="Invalid input")
+    log.exception("generation failed")
+    return gr.Error(f"generation failed: {type(e).__name__}: {e}")
+
+
 def _guarded(fn):
     """Turn bad input into a gr.Error message; log (never show) tracebacks of unexpected failures."""
 
     def wrapper(*args):
         try:
             return fn(*args)
-        except gr.Error:
-            raise
-        except ValueError as e:
-            raise gr.Error(str(e), title="Invalid input") from None
-        except Exception as e:  # noqa: BLE001 - shown as a message, logged with traceback
-            log.exception("generation failed")
-            raise gr.Error(f"generation failed: {type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - shown as a message
+            raise _gr_error(e) from None
 
     wrapper.__name__ = fn.__name__
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+def _guarded_stream(fn):
+    """:func:`_guarded` for generator handlers (errors surface while iterating)."""
+
+    def wrapper(*args):
+        try:
+            yield from fn(*args)
+        except Exception as e:  # noqa: BLE001 - shown as a message
+            raise _gr_error(e) from None
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def tts_handler(tts_model: str = TTS_MODEL):
+    """The speech tab's click handler (a generator) on ``tts_model``: bad input raises ``gr.Error``."""
+
+    def synthesize_speech(text, voice, mctp, temperature, seed, stream, compare):
+        """Text-to-speech; mctp = audio steps per backbone forward (1 = plain AR)."""
+        yield from run_tts(tts_model, text, voice, mctp, temperature, seed, stream, compare)
+
+    return _guarded_stream(synthesize_speech)
+
+
+def _speech_tab(tts_model: str) -> None:
+    from mmgen.audio.corpus import VOICES
+
+    cfg = _tts_config(tts_model)  # the model itself loads on the first request
+    voices, k_max = list(cfg.get("voices") or VOICES), int(cfg.get("mctp") or 4)
+    with gr.Row():
+        with gr.Column(scale=5):
+            text = gr.Textbox(label="text (a-z, space, apostrophe)", value=SPEECH_EXAMPLES[0], lines=1,
+                              elem_id="tts-text")
+            with gr.Row():
+                voice = gr.Dropdown(voices, value=voices[0], label="voice", elem_id="tts-voice")
+                mctp = gr.Slider(1, k_max, value=k_max, step=1, label="MCTP: audio steps per forward (1 = AR)",
+                                 elem_id="tts-mctp")
+            with gr.Row():
+                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="temperature (0 = greedy)")
+                seed = gr.Number(value=0, precision=0, label="seed")
+            with gr.Row():
+                stream = gr.Checkbox(False, label="stream (audio appears chunk by chunk)")
+                compare = gr.Checkbox(False, label="compare with AR (mctp = 1): speed-up")
+            btn = gr.Button("Synthesize", variant="primary", elem_id="synthesize-speech")
+            gr.Examples([[t] for t in SPEECH_EXAMPLES], inputs=[text], label="example texts")
+        with gr.Column(scale=4):
+            audio = gr.Audio(label="speech", type="numpy", interactive=False, elem_id="tts-audio")
+            md = gr.Markdown(elem_id="tts-stats")
+            with gr.Accordion("raw stats (JSON)", open=False):
+                js = gr.JSON(label="stats (raw)")
+    btn.click(tts_handler(tts_model), [text, voice, mctp, temperature, seed, stream, compare], [audio, md, js],
+              api_name="synthesize_speech")
 
 
 def _sampling_controls(default_cfg: float, prefix: str):
@@ -188,7 +337,8 @@ def _outputs(prefix: str):
     return [gallery, md, js]
 
 
-def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODEL) -> gr.Blocks:
+def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODEL,
+               tts_model: str = TTS_MODEL) -> gr.Blocks:
     """The demo; pipelines are loaded on the first request and cached."""
 
     def generate_image(prompt, decoding, options, seed, cfg, top_k, top_p, temperature, num_images, compare):
@@ -204,10 +354,11 @@ def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODE
         return run_generation(digits_model, {"class_labels": [label]}, decoding, options, seed, cfg, top_k,
                               top_p, temperature, num_images, compare)
 
-    with gr.Blocks(title="mmgen: AR image generation") as demo:
-        gr.Markdown("# mmgen: token-based AR image generation\n"
+    with gr.Blocks(title="mmgen: AR image and speech generation") as demo:
+        gr.Markdown("# mmgen: token-based AR image and speech generation\n"
                     "Pick a decoding method (AR or a training-free accelerator) and compare forward passes, "
-                    "tokens per forward and wall time. Image *i* uses seed + *i*, so results are reproducible.")
+                    "tokens per forward and wall time. Image *i* uses seed + *i*, so results are reproducible. "
+                    "Speech: MCTP emits several audio steps per forward pass (1 = plain AR).")
         with gr.Tabs():
             with gr.Tab("Text to image (scenes)", id="scenes"):
                 with gr.Row():
@@ -231,6 +382,8 @@ def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODE
                     with gr.Column(scale=4):
                         d_outputs = _outputs("digits")
                 d_btn.click(_guarded(generate_digit), [label, *d_inputs], d_outputs, api_name="generate_digit")
+            with gr.Tab("Text to speech", id="speech"):
+                _speech_tab(tts_model)
     demo.queue(default_concurrency_limit=1, max_size=16)
     return demo
 

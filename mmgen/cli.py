@@ -1,4 +1,4 @@
-"""``mmgen`` command line: generate images, batch-generate folders, show shipped models and their figures."""
+"""``mmgen`` command line: generate images or speech, batch-generate folders, show shipped models and their figures."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--decoding", default="ar", help="decoder name (ar, sjd, gsd, lantern, ...)")
     p.add_argument("--decoding-options", default="{}", help="JSON dict of decoder options")
+    p.add_argument("--threads", type=int, default=None)
+
+
+def add_speech_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=TTS_MODEL, help="shipped model name or local SpeechPipeline folder")
+    p.add_argument("--voice", default=None, help="voice name (default: the model's first; see `mmgen info`)")
+    p.add_argument("--mctp", type=int, default=None, help="audio steps per backbone forward, 1 = plain AR "
+                   "(default: the model's maximum)")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after this much audio (default: model limit)")
     p.add_argument("--threads", type=int, default=None)
 
 
@@ -88,6 +99,11 @@ def cmd_info(args) -> int:
     info = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         entry = {}
+        if (d / "model_index.json").exists():
+            entry["pipeline"] = json.loads((d / "model_index.json").read_text()).get("_class_name")
+        if entry.get("pipeline") == "SpeechPipeline" and (d / "transformer" / "config.json").exists():
+            cfg = json.loads((d / "transformer" / "config.json").read_text())
+            entry.update(voices=cfg.get("voices"), mctp_max=cfg.get("mctp"))
         for name in ("metrics.json", "training.json", "eval.json", "recommended.json"):
             if (d / name).exists():
                 entry[name[:-5]] = json.loads((d / name).read_text())
@@ -101,6 +117,17 @@ def _class_list(text: str) -> list[int]:
         return [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--classes must be comma-separated integers, got {text!r}") from None
+
+
+def _report_batch(summary: dict) -> int:
+    """Rank 0 prints the batch summary; every rank leaves the process group."""
+    from accelerate import PartialState
+
+    if summary["process_index"] == 0:
+        print(json.dumps(summary))
+    if PartialState().use_distributed:
+        PartialState().destroy_process_group()
+    return 0
 
 
 def cmd_batch(args) -> int:
@@ -120,13 +147,133 @@ def cmd_batch(args) -> int:
                         guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                         batch_size=args.batch_size, cpu=True if args.cpu else None, grid_max=args.grid_max,
                         progress=not args.no_progress)
-    if summary["process_index"] == 0:
-        print(json.dumps(summary))
-    from accelerate import PartialState
+    return _report_batch(summary)
 
-    if PartialState().use_distributed:
-        PartialState().destroy_process_group()
+
+# --- speech -------------------------------------------------------------------------------------------
+TTS_MODEL = "tts"  # shipped name: assets/tts (or $MMGEN_ASSETS/tts)
+
+
+def load_speech_pipeline(model: str = TTS_MODEL):
+    """A :class:`~mmgen.pipelines.SpeechPipeline` from a shipped name or folder; ValueError if it is missing."""
+    from .assets import model_path
+    from .pipelines import SpeechPipeline
+
+    try:
+        folder = model_path(model)
+    except ValueError as e:
+        raise ValueError(f"{e} (the text-to-speech model is trained by `python -m mmgen.train.train_tts "
+                         f"--out assets/tts`)") from None
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"model {model!r} ({folder}) is not a saved pipeline folder (no model_index.json)")
+    pipe = SpeechPipeline.from_pretrained(folder)
+    if not isinstance(pipe, SpeechPipeline):
+        raise ValueError(f"model {model!r} is a {type(pipe).__name__}, not a text-to-speech SpeechPipeline")
+    pipe.set_progress_bar_config(disable=True)
+    _warm_up_vocoder(pipe)
+    return pipe
+
+
+def _warm_up_vocoder(pipe) -> None:
+    """Pay the codec's one-time costs (lazy imports, einx graphs, mel basis) at load, not in the first timed call."""
+    import torch
+
+    from .audio.features import griffin_lim
+
+    codes = torch.zeros(1, pipe.codec.num_quantizers, 4, dtype=torch.long)
+    griffin_lim(pipe.codec.decode_mel(codes), pipe.codec.mel_cfg, n_iter=1)
+
+
+def pcm16(audio):
+    """float audio in [-1, 1] -> int16 PCM (clipped, x * 32767 rounded): what every WAV writer here stores."""
+    import numpy as np
+
+    return np.round(np.clip(np.asarray(audio, dtype=np.float32), -1.0, 1.0) * 32767.0).astype(np.int16)
+
+
+def _soundfile():
+    try:
+        import soundfile
+    except ImportError:
+        raise ValueError("writing WAV files needs soundfile: pip install 'mmgen[audio]'") from None
+    return soundfile
+
+
+def wav_bytes(audio, sample_rate: int) -> bytes:
+    """A mono 16-bit PCM WAV file of float ``audio`` as bytes."""
+    import io
+
+    buf = io.BytesIO()
+    _soundfile().write(buf, pcm16(audio), sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
+def speech_summary(stats, samples: int, sample_rate: int, first_chunk_time: "float | None" = None) -> dict:
+    """Stats of one utterance: forward passes, steps per forward, wall time, audio seconds and
+    real-time factor (``rtf`` = wall time / audio seconds; below 1 is faster than real time)."""
+    seconds = samples / sample_rate
+    out = {"method": stats.method, "forward_passes": stats.forward_passes, "steps": stats.tokens,
+           "steps_per_forward": round(stats.tokens_per_forward, 4), "wall_time": round(stats.wall_time, 4),
+           "samples": samples, "sample_rate": sample_rate, "audio_seconds": round(seconds, 4),
+           "rtf": round(stats.wall_time / seconds, 4) if seconds else None}
+    if first_chunk_time is not None:
+        out["time_to_first_chunk"] = round(first_chunk_time, 4)
+    return out
+
+
+def cmd_tts(args) -> int:
+    """Text -> 16-bit PCM WAV at the model's rate (atomic), stats as one JSON line."""
+    import torch
+
+    from .train.common import set_threads
+
+    set_threads(args.threads)
+    out_path = Path(args.out)
+    if out_path.suffix.lower() != ".wav":
+        raise ValueError(f"--out must name a .wav file, got {args.out!r}")
+    sf = _soundfile()
+    pipe = load_speech_pipeline(args.model)
+    kw = dict(voice=args.voice, mctp=args.mctp, temperature=args.temperature, top_k=args.top_k,
+              max_seconds=args.max_seconds, generator=torch.Generator(device=pipe.device).manual_seed(args.seed))
+    tmp = out_path.with_name(f".{out_path.name}.{os.getpid()}.tmp")
+    try:
+        if args.stream:
+            stream = pipe.stream(args.text, **kw)
+            chunks = iter(stream)
+            first = next(chunks, None)  # bad input raises here, before any file or folder exists
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            with sf.SoundFile(tmp, "w", samplerate=pipe.sample_rate, channels=1, subtype="PCM_16",
+                              format="WAV") as f:
+                if first is not None:  # chunks go to disk as they arrive
+                    f.write(pcm16(first))
+                    for chunk in chunks:
+                        f.write(pcm16(chunk))
+            summary = speech_summary(stream.stats, stream.samples, pipe.sample_rate, stream.first_chunk_time)
+        else:
+            res = pipe(args.text, **kw)
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(wav_bytes(res.audios[0, 0, :res.lengths[0]], pipe.sample_rate))
+            summary = speech_summary(res.stats, res.lengths[0], pipe.sample_rate)
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    summary.update(voice=args.voice or pipe.voices[0], seed=args.seed, stream=args.stream)
+    print(json.dumps({"out": str(out_path), "stats": summary}))
     return 0
+
+
+def cmd_batch_tts(args) -> int:
+    """Texts file -> one WAV per line + metadata.jsonl (resumable, multi-process)."""
+    from .pipelines.batch_speech import read_texts, run_batch_tts
+    from .train.common import set_threads
+
+    set_threads(args.threads)
+    items = read_texts(args.texts, base_seed=args.seed)
+    summary = run_batch_tts(items, args.out, args.model, voice=args.voice, mctp=args.mctp,
+                            temperature=args.temperature, top_k=args.top_k, max_seconds=args.max_seconds,
+                            batch_size=args.batch_size, cpu=True if args.cpu else None,
+                            progress=not args.no_progress)
+    return _report_batch(summary)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -157,6 +304,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
     add_sampling_args(b)
     b.set_defaults(fn=cmd_batch)
+    t = sub.add_parser("tts", help="synthesize speech from text into a 16-bit PCM WAV (16 kHz)")
+    t.add_argument("text", help="lowercase a-z, space and apostrophe (case and runs of spaces are normalised)")
+    t.add_argument("--out", default="out.wav", help="output .wav (written to a temp file, renamed when complete)")
+    add_speech_args(t)
+    t.add_argument("--seed", type=int, default=0, help="sampling seed (no effect when greedy, --temperature 0)")
+    t.add_argument("--stream", action="store_true", help="stream: write audio chunks as they are generated "
+                   "(same samples as without it) and report the time to the first chunk")
+    t.set_defaults(fn=cmd_tts)
+    bt = sub.add_parser("batch-tts", help="synthesize a folder of WAVs (+ metadata.jsonl) from a texts file; "
+                        "resumable; split across processes under torchrun / accelerate launch")
+    bt.add_argument("--texts", required=True, help='.txt (one text per line) or .jsonl ({"text": ..., '
+                    '"seed": ..., "voice": ...} per line; seed and voice optional)')
+    bt.add_argument("--out", required=True, help="output folder (rerun the same command to resume)")
+    add_speech_args(bt)
+    bt.add_argument("--seed", type=int, default=0, help="base seed: item i uses seed + i unless its jsonl line sets one")
+    bt.add_argument("--batch-size", type=int, default=8, help="items per forward batch (fixed chunks of indices; "
+                    "greedy only: with --temperature > 0 each item runs alone with its own seed)")
+    bt.add_argument("--cpu", action="store_true", help="force CPU (gloo) even when CUDA is available")
+    bt.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+    bt.set_defaults(fn=cmd_batch_tts)
     i = sub.add_parser("info", help="list shipped models and their measured figures")
     i.set_defaults(fn=cmd_info)
     return ap

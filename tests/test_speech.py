@@ -193,3 +193,33 @@ def test_pipeline_save_load_and_outputs(pipe, tmp_path):
 def test_pipeline_bad_input(pipe, kwargs, match):
     with pytest.raises(ValueError, match=match):
         pipe(**kwargs)
+
+
+def test_ctc_semantic_tokenizer_shapes_and_greedy_ctc_collapse():
+    from mmgen.audio.dual import CTCSpeechTokenizer, DualSpeechTokenizer
+
+    torch.manual_seed(0)
+    tok = CTCSpeechTokenizer(hidden=32, codebook_dim=8, codebook_size=K).train()
+    logp, ids, commit = tok(torch.randn(2, 80, 40))
+    assert logp.shape == (20, 2, len(ALPHABET) + 1) and ids.shape == (2, 20) and torch.isfinite(commit)
+    tok.eval()
+    sem = tok.encode(torch.randn(16000) * 0.1)
+    assert sem.shape == (1, 31) and tok.frame_rate == 31.25 and tok.bitrate() == pytest.approx(31.25 * 4)
+    # greedy CTC: repeated symbols collapse, blanks separate: force the head to spell "aab" -> "ab"
+    with torch.no_grad():
+        last = tok.head[-1]
+        last.weight.zero_()
+        last.bias.copy_(torch.full((len(ALPHABET) + 1,), -10.0))
+    codes = torch.zeros(1, 4, dtype=torch.long)
+    for pattern, expect in (([1, 1, 2], "ab"), ([1, 0, 1], "aa")):
+        def spell(self, x, pattern=pattern):  # per-frame fixed logits (B, C, T)
+            out = torch.full((x.shape[0], len(ALPHABET) + 1, len(pattern)), -10.0)
+            out[0, pattern, range(len(pattern))] = 10.0
+            return out
+        tok.head.forward = spell.__get__(tok.head)
+        assert tok.transcribe(codes[:, :3]) == [expect]
+    with pytest.raises(ValueError, match="tokens"):
+        tok.transcribe(torch.full((1, 3), K))
+    dual = DualSpeechTokenizer(tok, tiny_codec())
+    s, a = dual.encode(torch.randn(16000) * 0.1)
+    assert s.shape == (1, 31) and a.shape == (1, 3, 63)

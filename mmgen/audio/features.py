@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
+import math
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 SAMPLE_RATE = 16000
 
@@ -76,7 +79,12 @@ def griffin_lim(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), n_iter: int 
     """log-mel (B, n_mels, F) -> waveform (B, F * hop): mel pseudo-inverse, then Griffin-Lim from zero phase.
 
     Uses the "fast Griffin-Lim" momentum of Perraudin et al. (2013), alpha 0.99. Deterministic.
+    Inputs shorter than 3 frames are padded with silence (STFT reflect padding needs > n_fft / 2 samples).
     """
+    f_in = logmel.shape[-1]
+    if f_in < 3:
+        logmel = F.pad(logmel, (0, 3 - f_in), value=math.log(cfg.log_floor))
+        return griffin_lim(logmel, cfg, n_iter)[:, :f_in * cfg.hop_length]
     _, inv = _mel_basis(cfg)
     mag = torch.einsum("fm,bmt->bft", inv.to(logmel.device), logmel.float().exp()).clamp_min(0.0)  # (B, Fq, F)
     window = torch.hann_window(cfg.n_fft, device=logmel.device)

@@ -125,14 +125,28 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
-def load_records(out: Path) -> dict[int, dict]:
-    """Finished items' records (``metadata.jsonl`` and per-item parts) whose PNG exists, by index."""
+def load_records(out: Path, key: str = "index") -> dict[int, dict]:
+    """Finished items' records (``metadata.jsonl`` and per-item parts) whose output file exists, by ``key``."""
     recs: list[dict] = []
     if (out / METADATA).exists():
         recs += [json.loads(ln) for ln in (out / METADATA).read_text().splitlines() if ln.strip()]
     if (out / PARTS).is_dir():
         recs += [json.loads(p.read_text()) for p in sorted((out / PARTS).glob("*.json"))]
-    return {r["index"]: r for r in recs if (out / r["file"]).exists()}
+    return {r[key]: r for r in recs if (out / r["file"]).exists()}
+
+
+def merge_records(out: Path, key: str = "index") -> dict[int, dict]:
+    """Rank 0, after every rank finished: write all records to ``metadata.jsonl`` (sorted) and drop the parts."""
+    records = load_records(out, key)
+    lines = "".join(json.dumps(records[i]) + "\n" for i in sorted(records))
+    atomic_write_bytes(out / METADATA, lines.encode())
+    for p in (out / PARTS).glob("*.json"):  # merged: metadata.jsonl now holds them
+        p.unlink()
+    try:
+        (out / PARTS).rmdir()
+    except OSError:  # a foreign file inside; leave it
+        pass
+    return records
 
 
 def _remove_stale_temp_files(out: Path) -> None:
@@ -140,6 +154,24 @@ def _remove_stale_temp_files(out: Path) -> None:
         if d.is_dir():
             for p in d.glob(".*.tmp"):
                 p.unlink(missing_ok=True)
+
+
+def open_run(out_dir: "str | os.PathLike", cpu: "bool | None" = None, key: str = "index"):
+    """This process's ``PartialState`` (CPU/gloo when ``cpu`` or no CUDA), the output folder and the finished
+    records (by ``key``), read by every rank before anyone writes; temp files of a killed run are removed."""
+    from accelerate import PartialState
+
+    threads = torch.get_num_threads()
+    state = PartialState(cpu=(not torch.cuda.is_available()) if cpu is None else cpu)
+    torch.set_num_threads(threads)  # accelerate may change it on MULTI_CPU; keep the caller's choice
+    out = Path(out_dir)
+    if state.is_main_process:
+        (out / PARTS).mkdir(parents=True, exist_ok=True)
+        _remove_stale_temp_files(out)
+    state.wait_for_everyone()
+    done = load_records(out, key)
+    state.wait_for_everyone()
+    return state, out, done
 
 
 def write_grid(out: Path, items: list[BatchItem], grid_max: int) -> "Path | None":
@@ -167,7 +199,6 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     ``model``: pipeline folder or shipped name (default ``scenes-t2i`` for prompts, ``digits-c2i`` for
     classes). ``cpu``: passed to ``PartialState`` (default: True when CUDA is unavailable).
     """
-    from accelerate import PartialState
     from tqdm.auto import tqdm
 
     from ..assets import model_path
@@ -197,16 +228,7 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     settings = {"checkpoint": str(ckpt), "decoding": decoding, "decoding_options": decoding_options,
                 "guidance_scale": guidance_scale, "top_k": top_k, "top_p": top_p, "temperature": temperature}
 
-    threads = torch.get_num_threads()
-    state = PartialState(cpu=(not torch.cuda.is_available()) if cpu is None else cpu)
-    torch.set_num_threads(threads)  # accelerate may change it on MULTI_CPU; keep the caller's choice
-    out = Path(out_dir)
-    if state.is_main_process:
-        (out / PARTS).mkdir(parents=True, exist_ok=True)
-        _remove_stale_temp_files(out)
-    state.wait_for_everyone()
-    done = load_records(out)  # every rank reads the same snapshot before anyone writes
-    state.wait_for_everyone()
+    state, out, done = open_run(out_dir, cpu)
     for it in items:
         rec = done.get(it.index)
         if rec is None:
@@ -256,15 +278,7 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     summary = {"out": str(out), "items": len(items), "generated_here": generated, "skipped": len(done),
                "process_index": state.process_index, "num_processes": state.num_processes}
     if state.is_main_process:
-        records = load_records(out)
-        lines = "".join(json.dumps(records[i]) + "\n" for i in sorted(records))
-        atomic_write_bytes(out / METADATA, lines.encode())
-        for p in (out / PARTS).glob("*.json"):  # merged: metadata.jsonl now holds them
-            p.unlink()
-        try:
-            (out / PARTS).rmdir()
-        except OSError:  # a foreign file inside; leave it
-            pass
+        records = merge_records(out)
         grid = write_grid(out, items, grid_max) if grid_max else None
         summary.update(metadata=str(out / METADATA), grid=str(grid) if grid else None,
                        complete=all(it.index in records for it in items))

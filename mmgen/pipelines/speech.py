@@ -117,29 +117,32 @@ class SpeechPipeline(DiffusionPipeline):
                                    sample_rate=self.sample_rate)
         return out if return_dict else (audios,)
 
-    @torch.no_grad()
     def stream(self, text: str, voice: str | None = None, mctp: int | None = None, temperature: float = 0.0,
                top_k: int | None = None, max_seconds: float | None = None, min_seconds: float = 0.0,
-               generator: torch.Generator | None = None):
-        """Yield float32 audio chunks (np, 16 kHz) of one utterance as soon as their frames are generated.
+               generator: torch.Generator | None = None) -> "SpeechStream":
+        """Stream one utterance: iterate the returned :class:`SpeechStream` for float32 audio chunks (np, 16 kHz)
+        as soon as their frames are generated; afterwards it holds the ``stats``.
 
         Chunk i covers codec frames [32 i, 32 i + 32) and needs 8 frames of look-ahead; the chunks
-        concatenate to exactly ``__call__``'s audio for the same arguments.
+        concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
         if not isinstance(text, str):
             raise ValueError("text must be a single string for streaming")
-        ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        inputs = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        return SpeechStream(self, inputs, dict(mctp=mctp, temperature=temperature, top_k=top_k, generator=generator))
+
+    @torch.no_grad()
+    def _stream_chunks(self, inputs, opts: dict, record: "SpeechStream"):
+        ids, vid, max_frames, min_frames = inputs
         tr, codec = self.transformer, self.codec
         n_iter = codec.config.griffin_lim_iters
         grid, emitted = [], 0  # emitted: chunks already yielded
-        for steps, _ in tr.generate_stream(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
-                                           max_frames=max_frames, min_frames=min_frames,
-                                           generator=generator):
+        for steps, passes in tr.generate_stream(ids, vid, max_frames=max_frames, min_frames=min_frames, **opts):
             grid.append(steps[0])
+            record.forward_passes, record.steps_per_forward = passes, record.steps_per_forward + [steps.shape[1]]
             codes = tr.undelay(torch.cat(grid))  # (M, n) frames whose every level exists
-            n = codes.shape[1]
             # chunk i is final once its look-ahead frames exist and their mel no longer depends on missing codes
-            while n and first_chunk_frames(codec, emitted) <= n:
+            while codes.shape[1] and first_chunk_frames(codec, emitted) <= codes.shape[1]:
                 mel = codec.decode_mel(codes[None])
                 yield vocode_chunk(mel, emitted, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()
                 emitted += 1
@@ -149,3 +152,40 @@ class SpeechPipeline(DiffusionPipeline):
         mel = codec.decode_mel(codes[None])
         for i in range(emitted, (codes.shape[1] + VOCODER_CHUNK - 1) // VOCODER_CHUNK):
             yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()
+
+
+class SpeechStream:
+    """Iterator of np.float32 audio chunks from :meth:`SpeechPipeline.stream`.
+
+    While/after iterating: ``forward_passes`` and ``steps_per_forward`` so far, ``samples`` yielded,
+    ``first_chunk_time`` (s of pipeline work) and ``first_chunk_forwards``; ``stats`` (DecodeStats, the
+    same fields as ``__call__``'s) once exhausted. Times count only the pipeline's work, not the consumer's.
+    """
+
+    def __init__(self, pipe: SpeechPipeline, inputs, opts: dict):
+        self.method = f"mctp{opts['mctp'] or pipe.transformer.config.mctp}"
+        self.forward_passes, self.steps_per_forward, self.samples = 0, [], 0
+        self.first_chunk_time = self.first_chunk_forwards = None
+        self.stats: DecodeStats | None = None
+        self._busy = 0.0
+        self._chunks = pipe._stream_chunks(inputs, opts, self)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        t0 = time.perf_counter()
+        try:
+            chunk = next(self._chunks)
+        except StopIteration:
+            self._busy += time.perf_counter() - t0
+            if self.stats is None:
+                self.stats = DecodeStats(method=self.method, forward_passes=self.forward_passes,
+                                         tokens=sum(self.steps_per_forward), batch_size=1, wall_time=self._busy,
+                                         accepted_lengths=list(self.steps_per_forward))
+            raise
+        self._busy += time.perf_counter() - t0
+        if self.first_chunk_time is None:
+            self.first_chunk_time, self.first_chunk_forwards = self._busy, self.forward_passes
+        self.samples += len(chunk)
+        return chunk

@@ -64,6 +64,8 @@ def main(argv=None):
     ap.add_argument("--photo-frac", type=float, default=0.25, help="share of each batch taken from photo crops")
     ap.add_argument("--cosine", action="store_true", help="cosine-decay the learning rate to 10%%")
     ap.add_argument("--l1", type=float, default=0.5, help="weight of the L1 term (L2 has weight 1)")
+    ap.add_argument("--codebook-size", type=int, default=1024)
+    ap.add_argument("--codebook-dim", type=int, default=8)
     ap.add_argument("--grad", type=float, default=0.0,
                     help="weight of an L1 loss on horizontal/vertical image differences (sharpens outlines)")
     args = ap.parse_args(argv)
@@ -71,7 +73,7 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
 
-    vq = VQTokenizer()
+    vq = VQTokenizer(codebook_size=args.codebook_size, codebook_dim=args.codebook_dim)
     opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step = 0
     state = load_trainer_state(args.work)

@@ -1,0 +1,107 @@
+"""Train the understanding-driven semantic speech tokenizer (CTC on transcripts) for the dual-token scheme.
+
+    python -m mmgen.train.train_ctc_tokenizer --corpus data/speech --out assets/speech-ctc --steps 1200
+
+Loss: CTC(characters | quantised tokens) + VQ commitment. Reports the character error rate of text
+read back from the discrete tokens alone on the held-out sentences. Resumable from ``--work``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..audio.corpus import ALPHABET, load_corpus
+from ..audio.dual import CTCSpeechTokenizer
+from ..audio.features import MelConfig, log_mel
+from .common import atomic_dir, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+
+
+def char_error_rate(refs: list[str], hyps: list[str]) -> float:
+    import jiwer
+
+    return float(jiwer.cer(refs, hyps))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--corpus", default="data/speech")
+    ap.add_argument("--out", default="assets/speech-ctc")
+    ap.add_argument("--work", default="runs/train_speech_ctc")
+    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=400)
+    args = ap.parse_args(argv)
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    work = Path(args.work)
+    t0 = time.time()
+    cfg = MelConfig()
+    train = [(log_mel(torch.from_numpy(r["audio"])[None], cfg)[0], r["text"]) for r in load_corpus(args.corpus, "train")]
+    model = CTCSpeechTokenizer()
+    frames = torch.cat([m for m, _ in train], 1)
+    model.set_normalization(frames.mean(1), frames.std(1))
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    step = 0
+    if (state := load_trainer_state(work)) is not None:
+        model = CTCSpeechTokenizer.from_pretrained(work / "model")
+        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
+        step = state["step"]
+    model, opt = acc.prepare(model, opt)
+    rng = np.random.default_rng([args.seed, step])
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        model.train()
+        warm = min(1.0, (step + 1) / 50)
+        for g in opt.param_groups:
+            g["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        batch = [train[int(i)] for i in rng.integers(len(train), size=args.batch)]
+        width = max(m.shape[1] for m, _ in batch)
+        width += width % 2
+        mel = torch.stack([F.pad(m, (0, width - m.shape[1]), value=float(m.min())) for m, _ in batch])
+        targets = [torch.tensor([ALPHABET.index(c) + 1 for c in t]) for _, t in batch]
+        logp, _, commit = model(mel.to(acc.device))  # (T', B, C)
+        in_len = torch.tensor([m.shape[1] // 2 for m, _ in batch])
+        loss = F.ctc_loss(logp, torch.cat(targets), in_len, torch.tensor([len(t) for t in targets]),
+                          blank=0, zero_infinity=True) + commit
+        acc.backward(loss)
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+        if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1)
+    model = acc.unwrap_model(model).eval()
+    test = load_corpus(args.corpus, "test")
+    hyps = [model.transcribe(model.encode(r["audio"]))[0] for r in test]
+    refs = [r["text"] for r in test]
+    tokens = torch.cat([model.encode(r["audio"])[0] for r in test])
+    metrics = dict(test_cer_from_tokens=round(char_error_rate(refs, hyps), 4), examples=list(zip(refs, hyps))[:4],
+                   token_rate_hz=model.frame_rate, bitrate_bps=model.bitrate(),
+                   codebook_usage_test=round(tokens.unique().numel() / model.codebook_size, 3),
+                   train_seconds=round(time.time() - t0, 1), steps=args.steps,
+                   command="python -m mmgen.train.train_ctc_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
+    if acc.is_main_process:
+        with atomic_dir(args.out) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

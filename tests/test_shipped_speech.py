@@ -1,0 +1,39 @@
+"""Shipped speech checkpoints judged by PocketSphinx (the full figures are in docs/BENCHMARKS.md)."""
+
+import numpy as np
+import pytest
+
+from mmgen.assets import assets_dir
+from mmgen.audio import MelRVQCodec, TEST_SENTENCES, default_judge, synthesize
+from mmgen.pipelines import SpeechPipeline
+
+SENTENCES = list(TEST_SENTENCES[:8])
+
+
+@pytest.fixture(scope="module")
+def judge():
+    return default_judge()
+
+
+def test_codec_resynthesis_stays_intelligible(judge):
+    codec = MelRVQCodec.from_pretrained(assets_dir() / "speech-tokenizers" / "codec").eval()
+    refs = [synthesize(s) for s in SENTENCES[:4]]
+    clean = judge.wer(SENTENCES[:4], refs, 16000)["wer"]
+    res = [codec.decode(codec.encode(a))[0].numpy() for a in refs]
+    assert judge.wer(SENTENCES[:4], res, 16000)["wer"] <= clean + 0.10
+
+
+def test_shipped_tts_is_intelligible_and_mctp_cuts_forwards(judge):
+    pipe = SpeechPipeline.from_pretrained(assets_dir() / "tts")
+    results = {}
+    for k in (1, pipe.transformer.config.mctp):
+        outs = [pipe(s, mctp=k) for s in SENTENCES]
+        audios = [o.audios[0, 0, :o.lengths[0]] for o in outs]
+        results[k] = (judge.wer(SENTENCES, audios, 16000)["wer"], np.mean([o.stats.forward_passes for o in outs]))
+    (wer1, fwd1), (werk, fwdk) = results[1], results[pipe.transformer.config.mctp]
+    assert wer1 <= WER_FLOOR, results
+    assert werk <= WER_FLOOR, results
+    assert fwd1 / fwdk >= 3.0, results
+
+
+WER_FLOOR = 0.25  # set from the measured figures in docs/BENCHMARKS.md with a margin for CPU nondeterminism
