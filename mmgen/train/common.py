@@ -9,6 +9,7 @@ run leaves either the previous checkpoint or the new one, never a partial file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -100,3 +101,23 @@ def save_checkpoint(folder: str | os.PathLike, models: dict, optimizer: torch.op
 def load_trainer_state(folder: str | os.PathLike) -> dict | None:
     f = Path(folder) / "trainer_state.json"
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):
+    """(model, optimizer, step): ``model`` and ``make_optimizer(model)`` at step 0, or the checkpoint in ``work``
+    written by :func:`save_checkpoint` under ``name`` (model class of ``model``, optimizer state, step)."""
+    state = load_trainer_state(work)
+    if state is None:
+        return model, make_optimizer(model), 0
+    model = type(model).from_pretrained(Path(work) / name)
+    opt = make_optimizer(model)
+    optimizer_from_safetensors(opt, Path(work) / "optimizer.safetensors")
+    print(f"resuming from step {state['step']}")
+    return model, opt, state["step"]
+
+
+def cosine_lr(optimizer: torch.optim.Optimizer, base: float, step: int, total: int, warmup: int = 0) -> None:
+    """Set every group's lr: linear warm-up over ``warmup`` steps, then cosine decay to 10% of ``base``."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    for g in optimizer.param_groups:
+        g["lr"] = base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))

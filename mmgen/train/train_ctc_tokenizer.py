@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
-from .common import atomic_dir, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:
@@ -55,21 +54,14 @@ def main(argv=None):
     model = CTCSpeechTokenizer()
     frames = torch.cat([m for m, _ in train], 1)
     model.set_normalization(frames.mean(1), frames.std(1))
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    step = 0
-    if (state := load_trainer_state(work)) is not None:
-        model = CTCSpeechTokenizer.from_pretrained(work / "model")
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
-        step = state["step"]
+    model, opt, step = resume_or_start(work, "model", model, lambda m: torch.optim.AdamW(
+        m.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01))
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         model.train()
-        warm = min(1.0, (step + 1) / 50)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        cosine_lr(opt, args.lr, step, args.steps, warmup=50)
         batch = [train[int(i)] for i in rng.integers(len(train), size=args.batch)]
         width = max(m.shape[1] for m, _ in batch)
         width += width % 2

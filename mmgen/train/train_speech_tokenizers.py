@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from ..audio.codec import MelRVQCodec
 from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
-from .common import atomic_dir, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 def corpus_mels(corpus: str, split: str = "train") -> list[torch.Tensor]:
@@ -41,22 +40,15 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
     codec = MelRVQCodec(num_quantizers=args.levels, codebook_size=args.codebook_size)
     frames = torch.cat(mels, 1)  # (n_mels, N)
     codec.set_normalization(frames.mean(1), frames.std(1))
-    opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.9, 0.99))
-    step = 0
-    if (state := load_trainer_state(work)) is not None:
-        codec = MelRVQCodec.from_pretrained(work / "codec")
-        opt = torch.optim.AdamW(codec.parameters(), lr=args.lr, betas=(0.9, 0.99))
-        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
-        step = state["step"]
-        acc.print(f"resuming from step {step}")
+    codec, opt, step = resume_or_start(work, "codec", codec, lambda m: torch.optim.AdamW(
+        m.parameters(), lr=args.lr, betas=(0.9, 0.99)))
     codec, opt = acc.prepare(codec, opt)
     rng = np.random.default_rng([args.seed, step])
     long_enough = [m for m in mels if m.shape[1] > args.crop]
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         codec.train()
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        cosine_lr(opt, args.lr, step, args.steps)
         crops = []
         for i in rng.integers(len(long_enough), size=args.batch):
             m = long_enough[int(i)]

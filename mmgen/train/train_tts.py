@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,7 @@ from ..audio.corpus import ALPHABET, VOICES, load_corpus
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import SpeechPipeline, text_to_ids
-from .common import atomic_dir, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 @torch.no_grad()
@@ -98,23 +97,15 @@ def main(argv=None):
     model = SpeechTransformer(text_vocab_size=len(ALPHABET) + 1, voices=tuple(VOICES), num_quantizers=args.levels,
                               codebook_size=codec.codebook_size, dim=args.dim, n_layers=args.layers,
                               n_heads=args.heads, mctp=args.mctp, dropout=0.1)
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-    step = 0
-    if (state := load_trainer_state(work)) is not None:
-        model = SpeechTransformer.from_pretrained(work / "transformer")
-        opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01)
-        optimizer_from_safetensors(opt, work / "optimizer.safetensors")
-        step = state["step"]
-        acc.print(f"resuming from step {step}")
+    model, opt, step = resume_or_start(work, "transformer", model, lambda m: torch.optim.AdamW(
+        m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01))
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     parts = []
     for step in bar:
         model.train()
-        warm = min(1.0, (step + 1) / 100)
-        for g in opt.param_groups:
-            g["lr"] = args.lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / args.steps)))
+        cosine_lr(opt, args.lr, step, args.steps, warmup=100)
         batch = make_batch(acc.unwrap_model(model), items, rng.integers(len(items), size=args.batch))
         loss, parts = tts_loss(model, *[t.to(acc.device) for t in batch], args.mctp_weight)
         acc.backward(loss)

@@ -1,0 +1,52 @@
+"""The speech trainers run, resume and export loadable folders (tiny corpus, a few steps)."""
+
+import json
+
+import pytest
+import torch
+
+from mmgen.audio import MelRVQCodec, build_corpus
+from mmgen.audio.dual import CTCSpeechTokenizer
+from mmgen.pipelines import SpeechPipeline
+from mmgen.train import train_ctc_tokenizer, train_speech_tokenizers, train_tts
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return build_corpus(tmp_path_factory.mktemp("speech") / "corpus", n=6, seed=0)
+
+
+def test_speech_trainers_run_resume_and_export(corpus, tmp_path):
+    tok, work = tmp_path / "tok", tmp_path / "work_codec"
+    common = ["--corpus", str(corpus), "--threads", "1", "--codebook-size", "16", "--kmeans-frames", "400",
+              "--batch", "4", "--crop", "32", "--work", str(work)]
+    train_speech_tokenizers.main(common + ["--out", str(tok), "--steps", "2"])
+    assert json.loads((work / "trainer_state.json").read_text())["step"] == 2
+    train_speech_tokenizers.main(common + ["--out", str(tok), "--steps", "3"])  # resumes at step 2
+    assert json.loads((work / "trainer_state.json").read_text())["step"] == 3
+    codec = MelRVQCodec.from_pretrained(tok / "codec")
+    assert json.loads((tok / "training.json").read_text())["codec_bitrate_bps"] == codec.bitrate()
+
+    out = tmp_path / "tts"
+    train_tts.main(["--corpus", str(corpus), "--tokenizers", str(tok), "--out", str(out), "--work",
+                    str(tmp_path / "work_tts"), "--levels", "2", "--mctp", "2", "--dim", "32", "--layers", "1",
+                    "--heads", "2", "--steps", "2", "--batch", "2", "--threads", "1"])
+    pipe = SpeechPipeline.from_pretrained(out)
+    res = pipe("a cat", max_seconds=0.2, mctp=2)
+    assert res.stats.forward_passes >= 1 and pipe.transformer.num_levels == 2
+
+    ctc = tmp_path / "ctc"
+    train_ctc_tokenizer.main(["--corpus", str(corpus), "--out", str(ctc), "--work", str(tmp_path / "work_ctc"),
+                              "--steps", "2", "--batch", "2", "--threads", "1"])
+    tokens = CTCSpeechTokenizer.from_pretrained(ctc).encode(torch.zeros(16000))
+    assert tokens.shape == (1, 31)
+
+
+def test_train_tts_rejects_bad_levels(corpus, tmp_path):
+    tok = tmp_path / "tok"
+    train_speech_tokenizers.main(["--corpus", str(corpus), "--out", str(tok), "--work", str(tmp_path / "w"),
+                                  "--steps", "1", "--levels", "2", "--codebook-size", "16", "--kmeans-frames", "400",
+                                  "--batch", "2", "--crop", "32", "--threads", "1"])
+    with pytest.raises(ValueError, match="--levels"):
+        train_tts.main(["--corpus", str(corpus), "--tokenizers", str(tok), "--out", str(tmp_path / "t"),
+                        "--levels", "3", "--steps", "1", "--threads", "1"])
