@@ -9,7 +9,7 @@ vocoder, deterministic (zero initial phase), with a chunked mode used for stream
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import lru_cache
 
 import math
@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-SAMPLE_RATE = 16000
+from .corpus import SAMPLE_RATE
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,6 @@ class MelConfig:
     @property
     def frame_rate(self) -> float:
         return self.sample_rate / self.hop_length
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @lru_cache(maxsize=8)

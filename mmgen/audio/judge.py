@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from .corpus import SAMPLE_RATE
 
 
 def _dictionary_path() -> str:

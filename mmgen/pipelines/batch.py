@@ -125,6 +125,12 @@ def png_bytes(image) -> bytes:
     return buf.getvalue()
 
 
+def pending_chunks(items: list, batch_size: int, done) -> list[list]:
+    """Fixed chunks of ``batch_size`` items (the same on every run and rank) that still hold an unfinished item."""
+    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    return [c for c in chunks if any(it.index not in done for it in c)]
+
+
 def load_records(out: Path, key: str = "index") -> dict[int, dict]:
     """Finished items' records (``metadata.jsonl`` and per-item parts) whose output file exists, by ``key``."""
     recs: list[dict] = []
@@ -249,8 +255,7 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
         if bad:
             raise ValueError(f"class_label must lie in [0, {n_cls - 1}], got {bad}")
 
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    pending = [c for c in chunks if any(it.index not in done for it in c)]
+    pending = pending_chunks(items, batch_size, done)
     generated = 0
     with state.split_between_processes(pending) as my_chunks:
         todo = sum(1 for c in my_chunks for it in c if it.index not in done)

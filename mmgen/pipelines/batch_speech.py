@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..audio.corpus import check_text
-from .batch import METADATA, PARTS, _as_int, atomic_write_bytes, merge_records, open_run
+from .batch import METADATA, PARTS, _as_int, atomic_write_bytes, merge_records, open_run, pending_chunks
 
 KEY = "id"
 
@@ -137,8 +137,7 @@ def run_batch_tts(items: list[SpeechItem], out_dir: "str | os.PathLike", model: 
     pipe.to(state.device)
 
     sampling = temperature > 0
-    chunks = [items[i:i + batch_size] for i in range(0, len(items), batch_size)]
-    pending = [c for c in chunks if any(it.index not in done for it in c)]
+    pending = pending_chunks(items, batch_size, done)
     generated = 0
     with state.split_between_processes(pending) as my_chunks:
         todo = sum(1 for c in my_chunks for it in c if it.index not in done)
