@@ -150,7 +150,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
     def __init__(self, vocab_size: int = 1024, grid_size: int = 16, dim: int = 256, n_layers: int = 6,
                  n_heads: int = 8, num_classes: int = 0, caption_dim: int = 0, prefix_len: int = 1,
                  class_dropout_prob: float = 0.1, token_dropout: float = 0.0, dropout: float = 0.0,
-                 rope_base: float = 10000.0, norm_eps: float = 1e-5, order: str = "raster"):
+                 rope_base: float = 10000.0, norm_eps: float = 1e-5, order: str = "raster",
+                 grid_width: int = 0, holistic_tokens: int = 0, holistic_vocab: int = 0):
         super().__init__()
         if (num_classes > 0) == (caption_dim > 0):
             raise ValueError("exactly one of num_classes and caption_dim must be > 0")
@@ -158,8 +159,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
             raise ValueError("class conditioning uses prefix_len=1")
         if order not in ORDERS:
             raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
-        self.num_tokens = grid_size * grid_size
-        self.grid_size, self.order = grid_size, order
+        width = grid_width or grid_size
+        if width != grid_size and order != "raster":
+            raise ValueError(f"order {order!r} needs a square grid (grid_width == grid_size)")
+        if holistic_tokens and not (0 < holistic_vocab < vocab_size and order == "raster"):
+            raise ValueError("holistic_tokens needs raster order and 0 < holistic_vocab < vocab_size")
+        self.num_tokens = grid_size * width
+        self.grid_size, self.grid_width, self.order = grid_size, width, order
+        if holistic_tokens:  # Hita: tokens < holistic_tokens use ids < holistic_vocab, the rest ids >= it
+            ids = torch.arange(vocab_size)
+            self.register_buffer("_vocab_groups", torch.stack([ids < holistic_vocab, ids >= holistic_vocab]),
+                                 persistent=False)  # (2, V) allowed ids: [holistic slot, patch slot]
+        else:
+            self._vocab_groups = None
         if num_classes > 0:
             self.class_embedding = nn.Embedding(num_classes + 1, dim)  # row num_classes = null class
         else:
@@ -182,7 +194,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
         # slot -> (row, col) for RoPE and slot -> rank for the mask ("key visible iff rank <= query rank").
         # Raster adds MAX_EXTRA_SLOTS scratch slots continuing the raster (speculative windows past the end).
         n = torch.arange(self.num_tokens + (MAX_EXTRA_SLOTS if order == "raster" else 0))
-        rows, cols = n // grid_size, n % grid_size
+        rows, cols = n // width, n % width
         coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long),
                             torch.stack([torch.full((self.bov,), -1), torch.arange(self.bov)], 1),
                             torch.stack([rows, cols], 1)])
@@ -317,7 +329,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             return self.assemble_nar(self.output(h[:, p - 1:]).float(), self.down_output(down[:, p - 1:]).float())
         if self.order == "nbp":
             return self.output(h[:, p - self.bov:]).float()  # bov slots -> row 0, row r -> row r + 1
-        return self.output(h[:, p - 1:]).float()
+        logits = self.output(h[:, p - 1:]).float()  # (B, N, V)
+        return self.restrict_vocab(logits, torch.arange(logits.shape[1], device=logits.device).expand(len(logits), -1))
 
     # ------------------------------------------------------------------ generator contract
     def cfg_scale_at(self, state: DecodeState, positions: torch.Tensor) -> torch.Tensor:
@@ -329,12 +342,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
             s = torch.where((frac >= lo) & (frac < hi), s, torch.ones_like(s))
         return s
 
-    def _mix(self, state: DecodeState, logits: torch.Tensor, predicted_pos: torch.Tensor) -> torch.Tensor:
-        """logits (B', T, V) -> CFG-mixed (B, T, V): u + s (c - u)."""
-        if not state.cfg:
+    def restrict_vocab(self, logits: torch.Tensor, predicted_pos: torch.Tensor) -> torch.Tensor:
+        """Hita layouts: -inf on ids that cannot occur at the predicted positions (B, T); logits (B, T, V)."""
+        if self._vocab_groups is None:
             return logits
-        c, u = logits.chunk(2)
-        return u + self.cfg_scale_at(state, predicted_pos)[..., None] * (c - u)
+        patch_slot = (predicted_pos >= self.config.holistic_tokens).long()  # (B, T)
+        return logits.masked_fill(~self._vocab_groups[patch_slot], float("-inf"))
+
+    def _mix(self, state: DecodeState, logits: torch.Tensor, predicted_pos: torch.Tensor) -> torch.Tensor:
+        """logits (B', T, V) -> CFG-mixed (B, T, V): u + s (c - u), restricted to the ids allowed there."""
+        if state.cfg:
+            c, u = logits.chunk(2)
+            logits = u + self.cfg_scale_at(state, predicted_pos)[..., None] * (c - u)
+        return self.restrict_vocab(logits, predicted_pos)
 
     def _heads(self, state, h, down, fed_pos):
         """Hidden states of fed tokens at positions fed_pos (B, T) -> mixed (right/base logits, down logits)."""

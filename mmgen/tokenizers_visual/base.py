@@ -3,11 +3,22 @@
 A tokenizer maps images ``(B, 3, H, W)`` in [-1, 1] to discrete ids ``(B, N)`` (or continuous
 latents ``(B, N, D)``) laid out as described by :class:`TokenLayout`, and back. It exposes its
 codebook ``(V, D)`` because accelerators read it (LANTERN proximity sets, GSD embedding filter).
+
+Contract (every class in :mod:`mmgen.tokenizers_visual`):
+
+* ``encode(images) -> TokenBatch`` (ids in the generator's emission order, the layout, ``extras``),
+  ``decode(ids) -> images``; both in eval mode without gradients.
+* ``vocab_size``, ``codebook`` ``(vocab_size, D)``, ``layout_for(image_size)``.
+* ``save_pretrained`` / ``from_pretrained`` (diffusers ``ModelMixin``: config.json + safetensors);
+  :func:`load_tokenizer` opens any of them from a folder.
+* ``losses(images, captions=None, generator=None) -> dict`` with ``"loss"``: the training objective
+  (``captions`` label the first ``len(captions)`` images; the rest are unlabeled photo crops).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -16,7 +27,9 @@ import torch
 class TokenLayout:
     """How the N tokens of one item are arranged and in which order a generator should emit them.
 
-    kind: ``"grid"`` (height x width, raster order), ``"sequence"`` (1D causal) or ``"rvq"``.
+    kind: ``"grid"`` (height x width, raster order), ``"sequence"`` (1D, ``length`` tokens, first to
+    last), ``"holistic+grid"`` (``num_holistic`` holistic tokens, then a height x width raster grid:
+    Hita) or ``"rvq"``.
     """
 
     kind: str
@@ -24,10 +37,28 @@ class TokenLayout:
     width: int = 0
     length: int = 0
     order: str = "raster"
+    num_holistic: int = 0
 
     @property
     def num_tokens(self) -> int:
-        return self.height * self.width if self.kind == "grid" else self.length
+        if self.kind == "grid":
+            return self.height * self.width
+        if self.kind == "holistic+grid":
+            return self.num_holistic + self.height * self.width
+        return self.length
+
+    def generator_grid(self) -> tuple[int, int]:
+        """(rows, cols) the AR generator lays the N tokens on for its 2D RoPE: a grid as is, a sequence
+        as one row, Hita's holistic tokens as extra leading rows (needs num_holistic % width == 0)."""
+        if self.kind == "grid":
+            return self.height, self.width
+        if self.kind == "sequence":
+            return 1, self.length
+        if self.kind == "holistic+grid":
+            if self.num_holistic % self.width:
+                raise ValueError(f"num_holistic ({self.num_holistic}) must be a multiple of the grid width ({self.width})")
+            return self.height + self.num_holistic // self.width, self.width
+        raise ValueError(f"no generator grid for layout kind {self.kind!r}")
 
 
 @dataclass
@@ -35,6 +66,7 @@ class TokenBatch:
     ids: torch.Tensor | None  # (B, N) long, discrete tokenizers
     layout: TokenLayout
     latents: torch.Tensor | None = None  # (B, N, D) continuous tokenizers
+    extras: dict = field(default_factory=dict)  # e.g. semantic_features (TokenFlow), generation_embedding (SEED)
 
 
 class VisualTokenizerMixin:
@@ -60,8 +92,13 @@ class VisualTokenizerMixin:
             raise ValueError(f"{name} must be a floating tensor in [-1, 1], got dtype {images.dtype}")
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
-        factor = self.downsample_factor
         h, w = images.shape[-2:]
+        fixed = getattr(self, "fixed_image_size", None)
+        if fixed is not None:
+            if h != fixed or w != fixed:
+                raise ValueError(f"{name} must be {fixed}x{fixed} for this tokenizer, got {h}x{w}")
+            return
+        factor = self.downsample_factor
         if h != w or h % factor or h < factor:
             raise ValueError(f"{name} must be square with a side divisible by {factor}, got {h}x{w}")
 
@@ -72,3 +109,25 @@ class VisualTokenizerMixin:
             raise ValueError(f"{name} must have shape (B, N), got {tuple(ids.shape)}")
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.vocab_size):
             raise ValueError(f"{name} must lie in [0, {self.vocab_size - 1}]")
+
+    @torch.no_grad()
+    def codebook_usage(self, images: torch.Tensor, batch: int = 128) -> float:
+        """Fraction of the vocabulary used when encoding ``images`` (B, 3, H, W)."""
+        used = torch.zeros(self.vocab_size, dtype=torch.bool)
+        for i in range(0, len(images), batch):
+            used[self.encode(images[i:i + batch]).ids.flatten().cpu()] = True
+        return float(used.float().mean())
+
+
+def load_tokenizer(folder: str | Path):
+    """Open any tokenizer of this package saved with ``save_pretrained`` (class read from config.json)."""
+    import json
+
+    from . import TOKENIZER_CLASSES
+    cfg = Path(folder) / "config.json"
+    if not cfg.exists():
+        raise ValueError(f"tokenizer folder {str(folder)!r} has no config.json")
+    name = json.loads(cfg.read_text()).get("_class_name")
+    if name not in TOKENIZER_CLASSES:
+        raise ValueError(f"{cfg} names class {name!r}; known tokenizers: {sorted(TOKENIZER_CLASSES)}")
+    return TOKENIZER_CLASSES[name].from_pretrained(folder)

@@ -29,7 +29,7 @@ from ..data import SceneDataset, load_digits_rgb, to_tensor
 from ..data.scenes import caption_vocabulary
 from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
-from ..tokenizers_visual import VQTokenizer
+from ..tokenizers_visual import VQTokenizer, load_tokenizer
 from .common import load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
 
 TEXT_LEN = 24
@@ -46,8 +46,8 @@ def extract_codes(vq: VQTokenizer, images: np.ndarray, batch: int = 256) -> torc
     return torch.cat([vq.encode(to_tensor(images[i:i + batch])).ids.short() for i in range(0, len(images), batch)])
 
 
-def scene_data(vq: VQTokenizer, n: int, cache: Path) -> tuple[torch.Tensor, list[str]]:
-    f = cache / f"scene_codes_{n}.safetensors"
+def scene_data(vq, n: int, cache: Path, tag: str = "vq") -> tuple[torch.Tensor, list[str]]:
+    f = cache / (f"scene_codes_{n}.safetensors" if tag == "vq" else f"scene_codes_{n}_{tag}.safetensors")
     ds = SceneDataset(n, seed=1)
     captions = [ds.spec(i).caption() for i in range(n)]
     if f.exists():
@@ -71,6 +71,17 @@ def digit_data(vq: VQTokenizer, shift: int = 2) -> tuple[torch.Tensor, torch.Ten
     return extract_codes(vq, np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
+def generator_config(tok, task: str) -> dict:
+    """The task preset with the token grid taken from the tokenizer's layout (1D sequences as one row,
+    Hita's holistic tokens as leading rows with their own id range)."""
+    layout = tok.layout_for(64 if task == "scenes" else 32)
+    rows, cols = layout.generator_grid()
+    cfg = dict(PRESETS[task], grid_size=rows, grid_width=0 if rows == cols else cols)
+    if layout.kind == "holistic+grid":
+        cfg.update(holistic_tokens=layout.num_holistic, holistic_vocab=tok.config.holistic_codebook_size)
+    return cfg
+
+
 def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -83,7 +94,8 @@ def main(argv=None):
     ap.add_argument("--order", choices=["raster", "nar", "nbp"], default="raster",
                     help="generation order: raster (AR), nar (next-neighbour), nbp (next-block)")
     ap.add_argument("--out", required=True)
-    ap.add_argument("--vq", default="assets/vq")
+    ap.add_argument("--tokenizer", "--vq", dest="vq", default="assets/vq",
+                    help="folder of any mmgen visual tokenizer (VQ, SEED, TokenFlow, Hita, One-D-Piece)")
     ap.add_argument("--work", default=None)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--batch", type=int, default=16)
@@ -99,17 +111,18 @@ def main(argv=None):
     suffix = "" if args.order == "raster" else f"_{args.order}"
     work = Path(args.work or f"runs/train_{args.task}{suffix}")
     acc = Accelerator(cpu=not torch.cuda.is_available())
-    vq = VQTokenizer.from_pretrained(args.vq)
+    vq = load_tokenizer(args.vq)
     t_start = time.time()
 
     text_encoder = tokenizer = None
     if args.task == "scenes":
-        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"))
+        tag = "vq" if Path(args.vq).resolve() == Path("assets/vq").resolve() else Path(args.vq).name
+        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"), tag)
         tokenizer = build_text_tokenizer(caption_vocabulary(), TEXT_LEN)
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
         codes, labels = digit_data(vq)
-    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **PRESETS[args.task])
+    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **generator_config(vq, args.task))
     step = 0
     if load_trainer_state(work) is not None:
         step = load_trainer_state(work)["step"]
@@ -171,8 +184,9 @@ def main(argv=None):
     pipe.save_pretrained(args.out)
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
+            "tokenizer": args.vq,
             "command": f"python -m mmgen.train.train_generator --task {args.task} --order {args.order} "
-                       f"--out {args.out} --steps {args.steps} --batch {args.batch}"}
+                       f"--tokenizer {args.vq} --out {args.out} --steps {args.steps} --batch {args.batch}"}
     Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 

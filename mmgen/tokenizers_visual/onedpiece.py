@@ -1,0 +1,127 @@
+"""One-D-Piece: a TiTok-style 1D tokenizer trained with Tail Token Drop (Miwa et al. 2025,
+"One-D-Piece: Image Tokenizer Meets Quality-Controllable Compression"; TiTok: Yu et al. 2024,
+"An Image is Worth 32 Tokens for Reconstruction and Generation").
+
+Follows: ViT encoder over [image patches + pos; K learned latent tokens + pos] (bidirectional),
+latents -> LayerNorm -> Linear -> ``token_dim`` -> l2-normalised VQ codebook; ViT decoder over
+[one mask token per patch + pos; projected latents + pos]; Tail Token Drop: during training one
+k ~ U{1..K} per batch keeps only the first k tokens, so any prefix decodes (``decode(ids, length=k)``).
+Deviations (CPU scale): one stage straight to pixels with L2 + L1 (TiTok/One-D-Piece first
+regress proxy codes of a pretrained MaskGIT-VQGAN, then fine-tune with perceptual and GAN losses),
+no class token, codebook updated by EMA with dead-code restarts (vector-quantize-pytorch), and a
+small conv stem/head around the ViTs (image -> 8 x 8 feature patches; decoder patch features ->
+pixels) instead of linear patch embedding/unembedding: with linear patches the tiny model learned
+only the background colour in the CPU budget (18.2 dB at every length, 1500 steps; docs/BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from einops import rearrange
+from timm.models.vision_transformer import Block
+from vector_quantize_pytorch import VectorQuantize
+
+from ._parts import conv_decoder, conv_encoder, pixel_loss
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+
+
+class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+    """encode: (B, 3, S, S) -> ids (B, K), sequence layout; decode(ids[, length]) -> (B, 3, S, S)."""
+
+    @register_to_config
+    def __init__(self, image_size: int = 64, channels: tuple = (16, 64, 128), width: int = 128,
+                 encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
+                 codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
+                 dead_code_threshold: float = 2.0, tail_drop: bool = True):
+        super().__init__()
+        patch_size = 2 ** len(channels)
+        if image_size % patch_size:
+            raise ValueError(f"image_size ({image_size}) must be divisible by 2^len(channels) = {patch_size}")
+        self.grid = image_size // patch_size
+        g = self.grid ** 2
+        self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)
+        self.enc_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
+        self.latents = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
+        self.latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
+        self.encoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(encoder_depth))
+        self.enc_norm = nn.LayerNorm(width)
+        self.to_token = nn.Linear(width, token_dim)
+        self.quantizer = VectorQuantize(dim=token_dim, codebook_size=codebook_size, use_cosine_sim=True,
+                                        kmeans_init=True, kmeans_iters=10, decay=ema_decay,
+                                        commitment_weight=commitment_weight, threshold_ema_dead_code=dead_code_threshold)
+        self.from_token = nn.Linear(token_dim, width)
+        self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.dec_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
+        self.dec_latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
+        self.decoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(decoder_depth))
+        self.dec_norm = nn.LayerNorm(width)
+        self.head = conv_decoder(width, tuple(channels), res_blocks=1)  # (B, W, grid, grid) -> pixels
+        self.fixed_image_size = image_size
+        self.downsample_factor = patch_size
+
+    # --- contract -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return nn.functional.normalize(self.quantizer.codebook.detach(), dim=-1)  # (V, token_dim)
+
+    def layout_for(self, image_size: int | None = None) -> TokenLayout:
+        return TokenLayout("sequence", length=self.config.num_latent_tokens, order="1d")
+
+    def _latents(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> pre-quantization tokens (B, K, token_dim)."""
+        x = rearrange(self.stem(images), "b d h w -> b (h w) d") + self.enc_pos  # (B, G, W)
+        k = self.config.num_latent_tokens
+        h = torch.cat([x, (self.latents + self.latent_pos).expand(len(x), -1, -1)], 1)  # (B, G + K, W)
+        for blk in self.encoder:
+            h = blk(h)
+        return self.to_token(self.enc_norm(h[:, -k:]))
+
+    def _decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
+        """zq (B, k, token_dim), k <= K -> images (B, 3, S, S)."""
+        b, k = zq.shape[:2]
+        lat = self.from_token(zq) + self.dec_latent_pos[:, :k]
+        masks = (self.mask_token + self.dec_pos).expand(b, -1, -1)  # (B, G, W)
+        h = torch.cat([masks, lat], 1)
+        for blk in self.decoder:
+            h = blk(h)
+        h = self.dec_norm(h[:, :masks.shape[1]])
+        return self.head(rearrange(h, "b (h w) d -> b d h w", h=self.grid))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> TokenBatch:
+        self.check_images(images)
+        _, ids, _ = self.quantizer(self._latents(images))  # ids (B, K)
+        return TokenBatch(ids=ids.long(), layout=self.layout_for())
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor, length: int | None = None) -> torch.Tensor:
+        """ids (B, n), 1 <= n <= K (a prefix); ``length`` keeps only the first ``length`` of them."""
+        if isinstance(ids, TokenBatch):
+            ids = ids.ids
+        self.check_ids(ids)
+        k = self.config.num_latent_tokens
+        if not 1 <= ids.shape[1] <= k:
+            raise ValueError(f"ids must hold between 1 and {k} tokens, got {ids.shape[1]}")
+        if length is not None:
+            if not isinstance(length, int) or not 1 <= length <= ids.shape[1]:
+                raise ValueError(f"length must be an int in [1, {ids.shape[1]}], got {length!r}")
+            ids = ids[:, :length]
+        return self._decode_quantized(self.codebook[ids])
+
+    # --- training -------------------------------------------------------------------------
+    def losses(self, images: torch.Tensor, captions=None, generator: torch.Generator | None = None) -> dict:
+        zq, _, commit = self.quantizer(self._latents(images))  # (B, K, token_dim)
+        k = self.config.num_latent_tokens
+        if self.config.tail_drop:  # one prefix length per batch, uniform over 1..K
+            k = int(torch.randint(1, k + 1, (1,), generator=generator))
+        rec = self._decode_quantized(zq[:, :k])
+        rec_loss = pixel_loss(rec, images)
+        return {"loss": rec_loss + commit.sum(), "reconstruction": rec_loss.detach(), "commitment": commit.sum().detach(),
+                "kept_tokens": torch.tensor(float(k))}

@@ -1,0 +1,171 @@
+"""SEED: one-dimensional causal image tokens (Ge et al. 2023, "Planting a SEED of Vision in Large
+Language Model"; SEED-LLaMA, Ge et al. 2023).
+
+Follows: ViT image encoder -> causal Q-Former (``transformers.Blip2QFormerModel``; learned queries,
+causal self-attention among queries, cross-attention to every image feature) -> 32 causal
+embeddings; the last query (the only one that sees all queries) is aligned with the caption by a
+symmetric contrastive loss with label smoothing 0.1 and a learnable temperature (init 0.07);
+``encode_task_layer`` (Linear, Tanh, Linear) -> 16-d codes -> VQ codebook (512 codes) ->
+``decode_task_layer`` -> 2 ViT blocks reconstructing the Q-Former embeddings (1 - cosine), and a
+generation branch (2 ViT blocks + per-token MLP, flattened, Linear) -> a "generation embedding".
+Token i depends only on queries <= i, so a prefix of ids is fixed by a prefix of queries.
+
+Deviations (CPU scale, no pretrained models): one training stage instead of two (stage 1
+contrastive with a frozen EVA-CLIP ViT, stage 2 codebook with a frozen Q-Former), the ViT and the
+caption encoder are trained from scratch; the codebook is Euclidean but EMA-updated with dead-code
+restarts (vector-quantize-pytorch) rather than SEED's gradient codebook; and the image decoder is
+substituted: SEED regresses a CLIP-H image embedding and renders it with Stable unCLIP (diffusion),
+here the generation embedding feeds a conv decoder trained jointly with an L2 + L1 pixel loss.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from transformers import Blip2QFormerConfig, Blip2QFormerModel
+from vector_quantize_pytorch import VectorQuantize
+
+from ._parts import CaptionTower, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+
+
+class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+    """encode: (B, 3, S, S) -> ids (B, Q) causal sequence; decode: ids (B, Q) -> (B, 3, S, S)."""
+
+    is_causal = True
+
+    @register_to_config
+    def __init__(self, image_size: int = 64, patch_size: int = 8, width: int = 128, vit_depth: int = 3,
+                 heads: int = 4, qformer_layers: int = 2, num_queries: int = 32, code_dim: int = 16,
+                 codebook_size: int = 512, embed_dim: int = 64, recon_depth: int = 2, gen_dim: int = 256,
+                 decoder_channels: tuple = (16, 32, 64, 128), text_vocab_size: int = 0,
+                 commitment_weight: float = 0.25, ema_decay: float = 0.9, dead_code_threshold: float = 2.0,
+                 weights: tuple = (1.0, 1.0, 2.0, 1.0)):
+        super().__init__()
+        g = (image_size // patch_size) ** 2
+        # image encoder: (B, 3, S, S) -> (B, G, W)
+        self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
+        self.vit_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
+        self.vit = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(vit_depth))
+        self.vit_norm = nn.LayerNorm(width)
+        # causal Q-Former: (B, Q, W) queries x (B, G, W) image features -> (B, Q, W)
+        self.query_tokens = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
+        self.qformer = Blip2QFormerModel(Blip2QFormerConfig(
+            hidden_size=width, num_hidden_layers=qformer_layers, num_attention_heads=heads,
+            intermediate_size=2 * width, cross_attention_frequency=1, encoder_hidden_size=width))
+        self.register_buffer("query_mask", torch.tril(torch.ones(num_queries, num_queries, dtype=torch.bool)),
+                             persistent=False)
+        # contrastive heads
+        self.vision_proj = nn.Linear(width, embed_dim)
+        self.text = CaptionTower(text_vocab_size or len(caption_tokenizer()), embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+        # codebook
+        self.encode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
+        self.quantizer = VectorQuantize(dim=code_dim, codebook_size=codebook_size, kmeans_init=True, kmeans_iters=10,
+                                        decay=ema_decay, commitment_weight=commitment_weight,
+                                        threshold_ema_dead_code=dead_code_threshold)
+        self.decode_task_layer = nn.Sequential(nn.Linear(code_dim, code_dim), nn.Tanh(), nn.Linear(code_dim, width))
+        self.recon_pos = nn.Parameter(torch.randn(1, num_queries, width) * 0.02)
+        self.recon_blocks = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(recon_depth))
+        self.gen_blocks = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(recon_depth))
+        self.gen_mlp = nn.Sequential(nn.Linear(width, 64, bias=False), nn.ReLU(), nn.Linear(64, 32, bias=False),
+                                     nn.ReLU(), nn.Linear(32, 8, bias=False))
+        self.gen_head = nn.Linear(8 * num_queries, gen_dim)
+        # image decoder (substitute for unCLIP): generation embedding -> (B, C, s, s) -> pixels
+        self.seed_side = image_size // 2 ** len(decoder_channels)
+        self.dec_in = nn.Linear(gen_dim, decoder_channels[-1] * self.seed_side ** 2)
+        self.pixel_decoder = conv_decoder(decoder_channels[-1], tuple(decoder_channels))
+        self.fixed_image_size = image_size
+        self.downsample_factor = patch_size
+
+    # --- contract -------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.config.codebook_size
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        return self.quantizer.codebook.detach()  # (V, code_dim), Euclidean
+
+    def layout_for(self, image_size: int | None = None) -> TokenLayout:
+        return TokenLayout("sequence", length=self.config.num_queries, order="causal")
+
+    def image_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) -> ViT features (B, G, W)."""
+        h = self.patch_embed(images) + self.vit_pos
+        for blk in self.vit:
+            h = blk(h)
+        return self.vit_norm(h)
+
+    def causal_embeddings(self, images: torch.Tensor, queries: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, 3, S, S) -> causal Q-Former outputs (B, Q, W); ``queries`` (1 or B, Q, W) overrides the learned ones."""
+        feats = self.image_features(images)
+        q = (self.query_tokens if queries is None else queries).expand(len(images), -1, -1)
+        mask = self.query_mask[None, None].expand(len(images), 1, -1, -1)  # (B, 1, Q, Q) True = attend
+        return self.qformer(query_embeds=q, attention_mask=mask, encoder_hidden_states=feats).last_hidden_state
+
+    def _generation_embedding(self, zq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """quantized codes (B, Q, code_dim) -> (reconstructed Q-Former embeddings (B, Q, W), generation embedding (B, gen_dim))."""
+        h = self.decode_task_layer(zq) + self.recon_pos
+        r = h
+        for blk in self.recon_blocks:
+            r = blk(r)
+        for blk in self.gen_blocks:
+            h = blk(h)
+        return r, self.gen_head(self.gen_mlp(h).flatten(1))
+
+    def _render(self, gen: torch.Tensor) -> torch.Tensor:
+        c = self.config.decoder_channels[-1]
+        return self.pixel_decoder(self.dec_in(gen).view(len(gen), c, self.seed_side, self.seed_side))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> TokenBatch:
+        self.check_images(images)
+        zq, ids, _ = self.quantizer(self.encode_task_layer(self.causal_embeddings(images)))
+        _, gen = self._generation_embedding(zq)
+        return TokenBatch(ids=ids.long(), layout=self.layout_for(), extras={"generation_embedding": gen})
+
+    @torch.no_grad()
+    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+        if isinstance(ids, TokenBatch):
+            ids = ids.ids
+        self.check_ids(ids)
+        if ids.shape[1] != self.config.num_queries:
+            raise ValueError(f"ids must hold {self.config.num_queries} tokens, got {ids.shape[1]}")
+        return self._render(self._generation_embedding(self.codebook[ids])[1])
+
+    @torch.no_grad()
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Contrastive image embedding (B, embed_dim), l2-normalised (from the last causal query)."""
+        return F.normalize(self.vision_proj(self.causal_embeddings(images)[:, -1]), dim=-1)
+
+    @torch.no_grad()
+    def embed_captions(self, captions: list[str]) -> torch.Tensor:
+        return self.text(captions)
+
+    # --- training -------------------------------------------------------------------------
+    def losses(self, images: torch.Tensor, captions=None, generator: torch.Generator | None = None) -> dict:
+        w_clip, w_vq, w_cos, w_pix = self.config.weights
+        q = self.causal_embeddings(images)  # (B, Q, W)
+        out = {}
+        loss = 0.0
+        if captions:
+            n = len(captions)
+            img = F.normalize(self.vision_proj(q[:n, -1]), dim=-1)
+            out["contrastive"] = contrastive_loss(img, self.text(captions), self.logit_scale)
+            loss = loss + w_clip * out["contrastive"]
+        zq, _, commit = self.quantizer(self.encode_task_layer(q))
+        r, gen = self._generation_embedding(zq)
+        out["cosine"] = (1 - F.cosine_similarity(r, q.detach(), dim=-1)).mean()
+        out["reconstruction"] = pixel_loss(self._render(gen), images)
+        loss = loss + w_vq * commit.sum() + w_cos * out["cosine"] + w_pix * out["reconstruction"]
+        out = {k: v.detach() for k, v in out.items()}
+        out["loss"] = loss
+        return out

@@ -1,0 +1,103 @@
+"""Train one tokenizer of the family (SEED, TokenFlow, Hita, One-D-Piece) on captioned scenes plus
+photo crops, and export it to a local folder with its reconstruction figures (metrics.json).
+
+    python -m mmgen.train.train_visual_tokenizer --kind onedpiece --out assets/tok-onedpiece --steps 1500
+
+Every tokenizer exposes ``losses(images, captions, generator)``; captions label the scene part of
+each batch (the contrastive terms of SEED and TokenFlow use them), photo crops only enter the
+reconstruction terms. Single CPU process here, unchanged under ``accelerate launch``; resumable
+from ``--work``; AdamW with warm-up and cosine decay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+
+from ..data import SceneDataset, photo_crops, to_tensor
+from .. import tokenizers_visual
+from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
+
+KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--kind", required=True, choices=sorted(KINDS))
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--work", default=None, help="checkpoint folder (default runs/train_<kind>)")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--photo-frac", type=float, default=0.25, help="share of each batch taken from photo crops")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--save-every", type=int, default=250)
+    ap.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
+    ap.add_argument("--config", default="{}", help="JSON overrides of the tokenizer's constructor arguments")
+    args = ap.parse_args(argv)
+    if args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    if not 0 <= args.photo_frac < 1:
+        raise ValueError(f"--photo-frac must be in [0, 1), got {args.photo_frac}")
+    set_threads(args.threads)
+    torch.manual_seed(args.seed)
+    work = args.work or f"runs/train_{args.kind}"
+    acc = Accelerator(cpu=not torch.cuda.is_available())
+    make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    model, opt, step = resume_or_start(work, "model", getattr(tokenizers_visual, KINDS[args.kind])(**json.loads(args.config)), make_opt)
+    model, opt = acc.prepare(model, opt)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + step)
+
+    scenes = SceneDataset(200_000, seed=1)
+    photos = photo_crops(4000, seed=7)
+    rng = np.random.default_rng([args.seed, step])
+    n_photo = int(round(args.batch * args.photo_frac))
+    t0 = time.time()
+    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
+    for step in bar:
+        model.train()
+        cosine_lr(opt, args.lr, step, args.steps, args.warmup)
+        items = [scenes[int(i)] for i in rng.integers(len(scenes), size=args.batch - n_photo)]
+        x = torch.cat([to_tensor(np.stack([im for im, _ in items])),
+                       to_tensor(photos[rng.integers(len(photos), size=n_photo)])]).to(acc.device)
+        out = acc.unwrap_model(model).losses(x, [s.caption() for _, s in items], generator=gen)
+        acc.backward(out["loss"])
+        acc.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad()
+        bar.set_postfix({k: f"{float(v):.3f}" for k, v in out.items() if k != "kept_tokens"})
+        done = step + 1 == args.steps or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
+        if (step + 1) % args.save_every == 0 or done:
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1)
+        if done:
+            break
+
+    if acc.is_main_process:
+        from ..eval.evaluate import load_judges
+        from ..eval.tokenizer_metrics import prefix_curve, tokenizer_report
+        model = acc.unwrap_model(model).eval()
+        metrics = tokenizer_report(model, judge=load_judges()[0])
+        if args.kind == "onedpiece":
+            k = model.config.num_latent_tokens
+            metrics["psnr_vs_length"] = prefix_curve(model, [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k])
+        metrics.update(steps=step + 1, train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads(),
+                       command="python -m mmgen.train.train_visual_tokenizer "
+                               + " ".join(argv if argv is not None else sys.argv[1:]))
+        with atomic_dir(args.out) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

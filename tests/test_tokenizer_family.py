@@ -1,0 +1,258 @@
+"""Structural tests of the tokenizer family (random init, seconds): the shared contract, SEED causality,
+TokenFlow's shared index, Hita's ordering and fusion read-out, One-D-Piece prefixes, and generators
+on non-square / holistic layouts."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import randomize
+from mmgen.decoding import SamplingConfig, get_decoder
+from mmgen.models import ARTransformer, Condition
+from mmgen.tokenizers_visual import (HitaTokenizer, OneDPieceTokenizer, SEEDTokenizer, TokenFlowTokenizer,
+                                     VQTokenizer, load_tokenizer)
+from mmgen.tokenizers_visual.tokenflow import joint_index
+
+SMALL = {
+    SEEDTokenizer: dict(width=32, vit_depth=1, heads=2, qformer_layers=1, num_queries=8, codebook_size=64,
+                        gen_dim=32, decoder_channels=(8, 8, 16, 16), embed_dim=16),
+    TokenFlowTokenizer: dict(width=32, sem_depth=1, sem_decoder_depth=1, heads=2, pixel_channels=(8, 16, 16),
+                             codebook_size=64, embed_dim=16),
+    HitaTokenizer: dict(channels=(8, 16, 16), width=32, heads=2, bidirectional_depth=1, causal_depth=1, fusion_depth=1,
+                        num_holistic=8, patch_codebook_size=64, holistic_codebook_size=32, shift=4),
+    OneDPieceTokenizer: dict(channels=(8, 16, 16), width=32, encoder_depth=1, decoder_depth=1, heads=2,
+                             num_latent_tokens=8, codebook_size=64),
+}
+
+
+def images(n=4, seed=0):
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def trained_a_step(cls):
+    """A small instance after one training forward (initialises the codebooks from data), in eval mode."""
+    torch.manual_seed(0)
+    tok = cls(**SMALL[cls])
+    tok.train()
+    tok.losses(images(8, 1), ["a small red circle on the left, blue background"] * 4,
+               generator=torch.Generator().manual_seed(0))
+    return tok.eval()
+
+
+@pytest.fixture(scope="module", params=list(SMALL), ids=lambda c: c.__name__)
+def tok(request):
+    return trained_a_step(request.param)
+
+
+# ------------------------------------------------------------------ the shared contract
+def test_contract_shapes_ranges_and_roundtrip(tok, tmp_path):
+    x = images()
+    batch = tok.encode(x)
+    layout = tok.layout_for(64)
+    assert batch.ids.dtype == torch.long and batch.ids.shape == (4, layout.num_tokens)
+    assert batch.layout == layout
+    assert int(batch.ids.min()) >= 0 and int(batch.ids.max()) < tok.vocab_size
+    assert tok.codebook.shape[0] == tok.vocab_size
+    out = tok.decode(batch.ids)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert torch.equal(tok.encode(x).ids, batch.ids)  # deterministic in eval
+    tok.save_pretrained(tmp_path / "t")
+    again = load_tokenizer(tmp_path / "t")
+    assert type(again) is type(tok)
+    assert torch.equal(again.encode(x).ids, batch.ids)
+    assert torch.allclose(again.decode(batch.ids), out, atol=1e-6)
+    rows, cols = layout.generator_grid()
+    assert rows * cols == layout.num_tokens
+    assert 0 < tok.codebook_usage(x) <= 1
+
+
+def test_contract_bad_inputs(tok):
+    with pytest.raises(ValueError, match="images"):
+        tok.encode(torch.rand(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="images"):
+        tok.encode(torch.randint(0, 255, (2, 3, 64, 64)))
+    ids = tok.encode(images(2)).ids
+    with pytest.raises(ValueError, match="ids"):
+        tok.decode(ids.clone().fill_(tok.vocab_size))
+    with pytest.raises(ValueError, match="ids"):
+        tok.decode(torch.cat([ids, ids], 1))
+
+
+def test_load_tokenizer_rejects_foreign_folders(tmp_path):
+    with pytest.raises(ValueError, match="config.json"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "config.json").write_text('{"_class_name": "os.system"}')
+    with pytest.raises(ValueError, match="known tokenizers"):
+        load_tokenizer(tmp_path)
+
+
+def test_vq_baseline_implements_the_contract(tmp_path):
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=64).eval()
+    vq.save_pretrained(tmp_path)
+    assert isinstance(load_tokenizer(tmp_path), VQTokenizer)
+    assert vq.layout_for(64).generator_grid() == (16, 16)
+
+
+# ------------------------------------------------------------------ SEED: causal tokens
+def test_seed_queries_are_causal():
+    tok = trained_a_step(SEEDTokenizer)
+    x = images(2)
+    q = tok.query_tokens.detach().clone()
+    base = tok.causal_embeddings(x, q)
+    for j in (0, 3, 7):
+        q2 = q.clone()
+        q2[:, j] += torch.randn(q.shape[-1], generator=torch.Generator().manual_seed(j))
+        out = tok.causal_embeddings(x, q2)
+        assert torch.equal(out[:, :j], base[:, :j])  # bit-identical before j
+        assert not torch.allclose(out[:, j], base[:, j])
+    # gradient of token i reaches no later query
+    qg = q.clone().requires_grad_(True)
+    w = torch.randn(q.shape[-1], generator=torch.Generator().manual_seed(9))  # (a plain sum is flat after LayerNorm)
+    (tok.causal_embeddings(x, qg)[:, 4] @ w).sum().backward()
+    assert qg.grad[:, 5:].abs().max() == 0 and qg.grad[:, :5].abs().max() > 0
+
+
+def test_seed_id_prefix_is_fixed_by_the_query_prefix():
+    tok = trained_a_step(SEEDTokenizer)
+    x = images(4)
+    q = tok.query_tokens.detach().clone()
+    ids = lambda qq: tok.quantizer(tok.encode_task_layer(tok.causal_embeddings(x, qq)))[1]
+    base = ids(q)
+    q2 = q.clone()
+    q2[:, 5:] = torch.randn_like(q2[:, 5:])
+    assert torch.equal(ids(q2)[:, :5], base[:, :5])
+    assert "generation_embedding" in tok.encode(x).extras
+
+
+def test_seed_contrastive_loss_prefers_matched_pairs():
+    from mmgen.tokenizers_visual._parts import contrastive_loss
+    e = F.normalize(torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), dim=-1)
+    scale = torch.tensor(2.0)
+    assert contrastive_loss(e, e, scale) < contrastive_loss(e, e.roll(1, 0), scale)
+
+
+# ------------------------------------------------------------------ TokenFlow: one index, two codebooks
+def test_tokenflow_joint_index_is_the_weighted_argmin():
+    g = torch.Generator().manual_seed(0)
+    zs, zp = F.normalize(torch.randn(200, 6, generator=g), dim=-1), F.normalize(torch.randn(200, 3, generator=g), dim=-1)
+    es, ep = F.normalize(torch.randn(50, 6, generator=g), dim=-1), F.normalize(torch.randn(50, 3, generator=g), dim=-1)
+    for ws, wp in [(1.0, 1.0), (0.3, 2.0)]:
+        brute = torch.tensor([min(range(50), key=lambda k: ws * float(((zs[i] - es[k]) ** 2).sum())
+                                 + wp * float(((zp[i] - ep[k]) ** 2).sum())) for i in range(200)])
+        assert torch.equal(joint_index(zs, zp, es, ep, ws, wp), brute)
+    only_sem = joint_index(zs, zp, es, ep, 1.0, 0.0)
+    only_pix = joint_index(zs, zp, es, ep, 0.0, 1.0)
+    assert torch.equal(only_sem, torch.cdist(zs, es).argmin(1)) and torch.equal(only_pix, torch.cdist(zp, ep).argmin(1))
+    joint = joint_index(zs, zp, es, ep)
+    differ = only_sem != only_pix
+    assert differ.any() and ((joint != only_sem) | (joint != only_pix))[differ].all()
+
+
+def test_tokenflow_one_id_addresses_both_codebooks():
+    tok = trained_a_step(TokenFlowTokenizer)
+    x = images(2)
+    q_sem, q_pix, ids, _ = tok._quantize(x)
+    e_sem, e_pix = tok.codebook_pair.tables()
+    assert torch.allclose(q_sem, e_sem[ids], atol=1e-6) and torch.allclose(q_pix, e_pix[ids], atol=1e-6)
+    assert torch.equal(tok.codebook[ids][..., :e_sem.shape[1]], e_sem[ids])
+    batch = tok.encode(x)
+    assert torch.allclose(batch.extras["semantic_features"], tok.semantic_features(batch.ids), atol=1e-5)
+    assert torch.allclose(tok.decode(batch.ids), tok._pixels(q_pix), atol=1e-5)  # decoded from the pixel side
+
+
+def test_tokenflow_restarts_idle_codes_from_batch_vectors():
+    tok = TokenFlowTokenizer(**SMALL[TokenFlowTokenizer]).train()
+    cb = tok.codebook_pair
+    cb.restart_after = 0
+    tok.losses(images(4))  # data init
+    before = cb.sem.detach().clone()
+    _, _, ids, _ = tok._quantize(images(4, 5))
+    unused = torch.ones(len(before), dtype=torch.bool)
+    unused[ids.unique()] = False
+    assert unused.any() and not torch.equal(cb.sem.detach()[unused], before[unused])
+
+
+# ------------------------------------------------------------------ Hita: holistic first, fusion read-out
+def test_hita_ids_put_holistic_tokens_first():
+    tok = trained_a_step(HitaTokenizer)
+    ids = tok.encode(images(3)).ids
+    kh = tok.config.holistic_codebook_size
+    assert (ids[:, :8] < kh).all() and (ids[:, 8:] >= kh).all()
+    h, p = tok.split_ids(ids)
+    assert h.shape == (3, 8) and p.shape == (3, 64)
+    swapped = torch.cat([ids[:, 8:16], ids[:, :8], ids[:, 16:]], 1)
+    with pytest.raises(ValueError, match="first 8 ids"):
+        tok.decode(swapped)
+
+
+def test_hita_fusion_reads_patch_i_before_its_own_code():
+    tok = trained_a_step(HitaTokenizer)
+    g = torch.Generator().manual_seed(0)
+    qh, qp = torch.randn(1, 8, 12, generator=g), torch.randn(1, 64, 8, generator=g)
+    base = tok.fuse(qh, qp).flatten(2)  # (1, W, 64)
+    for j in (0, 10, 40):
+        qp2 = qp.clone()
+        qp2[:, j] += 1.0
+        diff = (tok.fuse(qh, qp2).flatten(2) - base).abs().amax(1)[0]  # per read-out patch
+        changed = diff > 1e-6
+        assert not changed[: j + tok.config.shift].any() and changed[j + tok.config.shift:].any()
+    qh2 = qh.clone()
+    qh2[:, 7] += 1.0  # the last holistic token is visible to patches i >= 3 (read at n_h - shift + i)
+    diff = (tok.fuse(qh2, qp).flatten(2) - base).abs().amax(1)[0]
+    assert not (diff[:3] > 1e-6).any() and (diff[3:] > 1e-6).all()
+
+
+# ------------------------------------------------------------------ One-D-Piece: prefixes
+def test_onedpiece_decodes_every_prefix():
+    tok = trained_a_step(OneDPieceTokenizer)
+    x = images(2)
+    ids = tok.encode(x).ids
+    for k in range(1, 9):
+        out = tok.decode(ids, length=k)
+        assert out.shape == x.shape and torch.isfinite(out).all()
+        assert torch.equal(out, tok.decode(ids[:, :k]))
+    assert not torch.allclose(tok.decode(ids, length=1), tok.decode(ids))
+    for bad in (0, 9, 2.5):
+        with pytest.raises(ValueError, match="length"):
+            tok.decode(ids, length=bad)
+
+
+def test_onedpiece_tail_drop_length_comes_from_the_generator():
+    tok = OneDPieceTokenizer(**SMALL[OneDPieceTokenizer]).train()
+    ks = [float(tok.losses(images(2), generator=torch.Generator().manual_seed(s))["kept_tokens"]) for s in range(12)]
+    again = [float(tok.losses(images(2), generator=torch.Generator().manual_seed(s))["kept_tokens"]) for s in range(12)]
+    assert ks == again and len(set(ks)) > 3 and min(ks) >= 1 and max(ks) <= 8
+    off = OneDPieceTokenizer(**SMALL[OneDPieceTokenizer], tail_drop=False).train()
+    assert float(off.losses(images(2))["kept_tokens"]) == 8
+
+
+# ------------------------------------------------------------------ generators on these layouts
+def test_generator_on_a_one_row_layout_greedy_speculative_equals_ar():
+    gen = randomize(ARTransformer(vocab_size=32, grid_size=1, grid_width=12, dim=32, n_layers=2, n_heads=2,
+                                  num_classes=4))
+    cond = Condition(class_labels=torch.tensor([1, 2]))
+    greedy = SamplingConfig(do_sample=False)
+
+    def run(name, **kw):
+        dec = get_decoder(name, **kw)
+        return dec.decode(gen, gen.prefill(cond, guidance_scale=2.0, extra_slots=dec.extra_slots), greedy,
+                          torch.Generator().manual_seed(0), None)
+
+    ar = run("ar")
+    assert ar.tokens.shape == (2, 12)
+    assert torch.equal(run("sjd", window=4).tokens, ar.tokens)
+    with pytest.raises(ValueError, match="square"):
+        ARTransformer(vocab_size=32, grid_size=2, grid_width=6, num_classes=4, order="nar")
+
+
+def test_generator_respects_hita_id_ranges():
+    gen = randomize(ARTransformer(vocab_size=48, grid_size=3, grid_width=4, dim=32, n_layers=1, n_heads=2,
+                                  num_classes=4, holistic_tokens=4, holistic_vocab=16), std=0.3)
+    cond = Condition(class_labels=torch.tensor([0, 1, 2, 3]))
+    for name, kw in [("ar", {}), ("sjd", {"window": 3})]:
+        dec = get_decoder(name, **kw)
+        out = dec.decode(gen, gen.prefill(cond, extra_slots=dec.extra_slots), SamplingConfig(temperature=1.5),
+                         torch.Generator().manual_seed(0), None)
+        assert (out.tokens[:, :4] < 16).all() and (out.tokens[:, 4:] >= 16).all()
+    logits = gen(torch.randint(16, 48, (2, 12)), Condition(class_labels=torch.tensor([0, 1])))
+    assert torch.isinf(logits[:, :4, 16:]).all() and torch.isinf(logits[:, 4:, :16]).all()
