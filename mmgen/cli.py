@@ -112,6 +112,49 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_tokenize(args) -> int:
+    """Image -> token ids (JSON line with the layout) and, with --out, the image decoded back from them."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from .assets import model_path
+    from .data import to_tensor
+    from .tokenizers_visual import load_tokenizer
+
+    folder = model_path(args.tokenizer)
+    if (folder / "model_index.json").exists():  # a pipeline folder: use its tokenizer component
+        folder = folder / "vq"
+    tok = load_tokenizer(folder).eval()
+    try:
+        with Image.open(args.image) as im:
+            img = im.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"image {args.image!r} cannot be read as an image: {e}") from None
+    size = getattr(tok, "fixed_image_size", None) or 64
+    if img.size != (size, size):
+        img = img.resize((size, size), Image.BICUBIC)
+    x = to_tensor(np.asarray(img)[None])
+    batch = tok.encode(x)
+    kw = {}
+    if args.length is not None:
+        import inspect
+        if "length" not in inspect.signature(tok.decode).parameters:
+            raise ValueError(f"--length is only supported by prefix tokenizers (One-D-Piece), not {type(tok).__name__}")
+        if not 1 <= args.length <= batch.ids.shape[1]:
+            raise ValueError(f"--length must be in [1, {batch.ids.shape[1]}], got {args.length}")
+        kw["length"] = args.length
+    if args.out:
+        with torch.no_grad():
+            rec = tok.decode(batch.ids, **kw).clamp(-1, 1)
+        arr = ((rec[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)
+        _atomic_save(Image.fromarray(arr), Path(args.out))
+    lay = batch.layout
+    print(json.dumps({"tokenizer": type(tok).__name__, "layout": lay.kind, "order": lay.order,
+                      "num_tokens": lay.num_tokens, "vocab_size": tok.vocab_size, "ids": batch.ids[0].tolist()}))
+    return 0
+
+
 def _class_list(text: str) -> list[int]:
     try:
         return [int(c) for c in text.split(",") if c.strip()]
@@ -324,6 +367,13 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--cpu", action="store_true", help="force CPU (gloo) even when CUDA is available")
     bt.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
     bt.set_defaults(fn=cmd_batch_tts)
+    tk = sub.add_parser("tokenize", help="encode an image with a visual tokenizer (ids + layout as JSON) and "
+                        "optionally write the image decoded back from the ids")
+    tk.add_argument("image", help="input image (resized to the tokenizer's size, 64x64)")
+    tk.add_argument("--tokenizer", default="vq", help="shipped tokenizer or pipeline name, or a local folder")
+    tk.add_argument("--out", default=None, help="write the reconstruction here (PNG, atomic)")
+    tk.add_argument("--length", type=int, default=None, help="decode only the first LENGTH tokens (One-D-Piece)")
+    tk.set_defaults(fn=cmd_tokenize)
     i = sub.add_parser("info", help="list shipped models and their measured figures")
     i.set_defaults(fn=cmd_info)
     return ap

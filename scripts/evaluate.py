@@ -1,6 +1,6 @@
 """Judge the shipped generators and record their figures.
 
-    python scripts/evaluate.py [--n 200] [--cfg-grid 1.5 2 3 4] [--threads 1]
+    python scripts/evaluate.py [--n 200] [--cfg-grid 1.5 2 3 4] [--threads 1] [--models scenes-t2i-hita ...]
 
 1. Picks the guidance scale on a *validation* prompt set (seed 990 / class seeds 10_000+), never
    on the reported set, and stores it in ``<model>/recommended.json``.
@@ -62,29 +62,28 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--cfg-grid", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0])
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", choices=["scenes-t2i", "digits-c2i"], default=None)
+    ap.add_argument("--models", "--only", nargs="+", default=["scenes-t2i", "digits-c2i"],
+                    help="shipped pipeline names or folders (text-to-image scenes or class-to-image digits)")
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
     scene_judge, digit_judge = load_judges()
-    for name in ("scenes-t2i", "digits-c2i"):
-        if args.only and name != args.only:
-            continue
+    for name in args.models:
         folder = model_path(name)
         pipe = ARImagePipeline.from_pretrained(folder)
         pipe.set_progress_bar_config(disable=True)
         t0 = time.time()
-        if name == "scenes-t2i":
+        scenes = not pipe.transformer.is_class_conditional
+        if scenes:
             cfg, scores = pick_cfg_scenes(pipe, scene_judge, args.cfg_grid)
             res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n, guidance_scale=cfg)
         else:
             cfg, scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid)
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg)
         (folder / "recommended.json").write_text(json.dumps({"guidance_scale": cfg}, indent=2))
-        res.update(tokenizer_ceiling(pipe.vq, scene_judge if name == "scenes-t2i" else None,
-                                     digit_judge if name == "digits-c2i" else None))
+        res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
         res.update(guidance_scale=cfg, validation_scores={str(k): round(v, 4) for k, v in scores.items()},
                    decoding="ar", threads=threads, date=str(date.today()), eval_seconds=round(time.time() - t0, 1),
-                   command="python scripts/evaluate.py")
+                   tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py --models " + name)
         (folder / "eval.json").write_text(json.dumps(res, indent=2))
         print(name, json.dumps(res))
 

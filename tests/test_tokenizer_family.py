@@ -256,3 +256,30 @@ def test_generator_respects_hita_id_ranges():
         assert (out.tokens[:, :4] < 16).all() and (out.tokens[:, 4:] >= 16).all()
     logits = gen(torch.randint(16, 48, (2, 12)), Condition(class_labels=torch.tensor([0, 1])))
     assert torch.isinf(logits[:, :4, 16:]).all() and torch.isinf(logits[:, 4:, :16]).all()
+
+
+# ------------------------------------------------------------------ CLI
+def test_cli_tokenize_roundtrip_and_errors(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mmgen.cli import main
+
+    tok = trained_a_step(OneDPieceTokenizer)
+    tok.save_pretrained(tmp_path / "tok")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), dtype=np.uint8)).save(tmp_path / "in.png")
+    capsys.readouterr()
+    assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "tok"), "--out",
+                 str(tmp_path / "rec.png"), "--length", "3"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line["layout"] == "sequence" and len(line["ids"]) == 8
+    assert Image.open(tmp_path / "rec.png").size == (64, 64)
+    assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "tok"), "--length", "99"]) == 2
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    assert main(["tokenize", str(tmp_path / "bad.png"), "--tokenizer", str(tmp_path / "tok")]) == 2
+    hita = trained_a_step(HitaTokenizer)
+    hita.save_pretrained(tmp_path / "hita")
+    assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "hita"), "--length", "2"]) == 2
+    assert "--length" in capsys.readouterr().err

@@ -84,6 +84,13 @@ class HitaTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         p = F.normalize(self.patch_quantizer.codebook.detach(), dim=-1)
         return torch.cat([h, F.pad(p, (0, h.shape[1] - p.shape[1]))])
 
+    @property
+    def bits_per_image(self) -> float:
+        """n_h log2 K_h + g^2 log2 K_p (each slot draws from its own codebook)."""
+        import math
+        c = self.config
+        return c.num_holistic * math.log2(c.holistic_codebook_size) + self.grid ** 2 * math.log2(c.patch_codebook_size)
+
     def layout_for(self, image_size: int | None = None) -> TokenLayout:
         return TokenLayout("holistic+grid", height=self.grid, width=self.grid, num_holistic=self.config.num_holistic,
                            order="holistic-then-raster")

@@ -1,0 +1,95 @@
+"""Tokenizer family side by side: tokens and bits per image, reconstruction PSNR/SSIM on held-out
+scenes and photo crops, codebook usage, encode/decode time, the judge's adherence on reconstructed
+scenes, and (where a generator was trained on the tokens) prompt adherence and judge-FD from the
+pipeline's eval.json (scripts/evaluate.py). Also draws One-D-Piece's PSNR-vs-length curve.
+
+    python benchmarks/bench_tokenizers.py --threads 1 [--out docs/tokenizers.json] [--plot docs/onedpiece_psnr_vs_length.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmgen.assets import assets_dir  # noqa: E402
+from mmgen.eval.evaluate import load_judges  # noqa: E402
+from mmgen.eval.tokenizer_metrics import prefix_curve, tokenizer_report  # noqa: E402
+from mmgen.tokenizers_visual import load_tokenizer  # noqa: E402
+from mmgen.train.common import set_threads  # noqa: E402
+
+# (row name, tokenizer folder, text-to-image pipeline folder or None), relative to assets/
+ROWS = [("VQ (LlamaGen)", "vq", "scenes-t2i"), ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
+        ("TokenFlow", "scenes-t2i-tokenflow/vq", "scenes-t2i-tokenflow"), ("Hita", "scenes-t2i-hita/vq", "scenes-t2i-hita"),
+        ("One-D-Piece", "tok-onedpiece", None)]
+
+
+def plot_curve(curve: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    for name, pts in curve.items():
+        ks = sorted(int(k) for k in pts)
+        ax.plot(ks, [pts[k] for k in ks], marker="o", label=f"held-out {name}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("tokens kept (prefix length)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title("One-D-Piece: quality vs length")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--n", type=int, default=256)
+    ap.add_argument("--out", default="docs/tokenizers.json")
+    ap.add_argument("--plot", default="docs/onedpiece_psnr_vs_length.png")
+    args = ap.parse_args(argv)
+    threads = set_threads(args.threads)
+    judge = load_judges()[0]
+    rows = []
+    for name, tok_dir, pipe_dir in ROWS:
+        folder = assets_dir() / tok_dir
+        if not folder.is_dir():
+            print(f"skip {name}: {folder} missing")
+            continue
+        tok = load_tokenizer(folder)
+        row = {"tokenizer": name, **tokenizer_report(tok, n=args.n, judge=judge)}
+        if pipe_dir and (assets_dir() / pipe_dir / "eval.json").exists():
+            ev = json.loads((assets_dir() / pipe_dir / "eval.json").read_text())
+            row.update(t2i_adherence=ev["prompt_adherence"], t2i_judge_fd=ev["judge_fd"],
+                       t2i_fd_real_vs_real=ev["judge_fd_real_vs_real"], t2i_guidance=ev.get("guidance_scale"))
+        if name == "One-D-Piece":
+            k = tok.config.num_latent_tokens
+            row["psnr_vs_length"] = prefix_curve(tok, [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k], n=args.n)
+            plot_curve(row["psnr_vs_length"], Path(args.plot))
+        rows.append(row)
+        print(json.dumps(row))
+    result = {"rows": rows, "threads": threads, "date": str(date.today()), "machine": "2-core CPU (shared), torch "
+              + torch.__version__, "command": "python benchmarks/bench_tokenizers.py " + " ".join(argv or sys.argv[1:])}
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    cols = ["tokens_per_image", "bits_per_image", "psnr_scenes", "ssim_scenes", "psnr_photos", "ssim_photos",
+            "codebook_usage", "encode_ms_per_image", "decode_ms_per_image", "scenes_adherence_after_vq",
+            "t2i_adherence", "t2i_judge_fd"]
+    print("| tokenizer | " + " | ".join(cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for r in rows:
+        print(f"| {r['tokenizer']} | " + " | ".join(str(r.get(c, "-")) for c in cols) + " |")
+
+
+if __name__ == "__main__":
+    main()
