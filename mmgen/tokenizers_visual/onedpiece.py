@@ -6,8 +6,7 @@ Follows: ViT encoder over [image patches + pos; K learned latent tokens + pos] (
 latents -> LayerNorm -> Linear -> ``token_dim`` -> l2-normalised VQ codebook; ViT decoder over
 [one mask token per patch + pos; projected latents + pos]; Tail Token Drop: during training one
 k ~ U{1..K} per batch keeps only the first k tokens, so any prefix decodes (``decode(ids, length=k)``).
-Deviations (CPU scale): the first ``quantizer_warmup_steps`` training steps skip quantization
-(plain autoencoder on l2-normalised latents) so the codebook is initialised on informative latents; one stage straight to pixels with L2 + L1 (TiTok/One-D-Piece first
+Deviations (CPU scale): one stage straight to pixels with L2 + L1 (TiTok/One-D-Piece first
 regress proxy codes of a pretrained MaskGIT-VQGAN, then fine-tune with perceptual and GAN losses),
 no class token, codebook updated by EMA with dead-code restarts (vector-quantize-pytorch), and a
 small conv stem/head around the ViTs (image -> 8 x 8 feature patches; decoder patch features ->
@@ -19,7 +18,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from einops import rearrange
@@ -37,7 +35,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     def __init__(self, image_size: int = 64, channels: tuple = (16, 64, 128), width: int = 128,
                  encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
-                 dead_code_threshold: float = 2.0, tail_drop: bool = True, quantizer_warmup_steps: int = 0):
+                 dead_code_threshold: float = 2.0, tail_drop: bool = True):
         super().__init__()
         patch_size = 2 ** len(channels)
         if image_size % patch_size:
@@ -61,7 +59,6 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         self.decoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(decoder_depth))
         self.dec_norm = nn.LayerNorm(width)
         self.head = conv_decoder(width, tuple(channels), res_blocks=1)  # (B, W, grid, grid) -> pixels
-        self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))  # training losses() calls so far
         self.fixed_image_size = image_size
         self.downsample_factor = patch_size
 
@@ -120,16 +117,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     # --- training -------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, captions=None, generator: torch.Generator | None = None) -> dict:
-        z = self._latents(images)  # (B, K, token_dim)
-        if self.training:
-            self.train_steps += 1
-        if self.training and int(self.train_steps) <= self.config.quantizer_warmup_steps:
-            # autoencoder warm-up: the k-means codebook init then sees image-dependent latents (from the
-            # first step the learned latent queries are nearly identical for every image, the codebook
-            # collapses onto them and the decoder learns only the mean image)
-            zq, commit = F.normalize(z, dim=-1), z.new_zeros(())
-        else:
-            zq, _, commit = self.quantizer(z)
+        zq, _, commit = self.quantizer(self._latents(images))  # (B, K, token_dim)
         k = self.config.num_latent_tokens
         if self.config.tail_drop:  # one prefix length per batch, uniform over 1..K
             k = int(torch.randint(1, k + 1, (1,), generator=generator))
