@@ -75,8 +75,9 @@ class VisualTokenizerMixin:
     is_continuous: bool = False
 
     @property
-    def vocab_size(self) -> int:  # pragma: no cover - overridden
-        raise NotImplementedError
+    def vocab_size(self) -> int:
+        """Number of distinct ids (default: the config's ``codebook_size``)."""
+        return self.config.codebook_size
 
     @property
     def codebook(self) -> torch.Tensor:  # (V, D)  pragma: no cover - overridden

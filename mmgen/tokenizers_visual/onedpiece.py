@@ -64,10 +64,6 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     # --- contract -------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
     def codebook(self) -> torch.Tensor:
         return nn.functional.normalize(self.quantizer.codebook.detach(), dim=-1)  # (V, token_dim)
 

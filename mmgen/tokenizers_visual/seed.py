@@ -87,10 +87,6 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     # --- contract -------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
     def codebook(self) -> torch.Tensor:
         return self.quantizer.codebook.detach()  # (V, code_dim), Euclidean
 

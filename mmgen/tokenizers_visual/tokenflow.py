@@ -129,10 +129,6 @@ class TokenFlowTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     # --- contract -------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
     def codebook(self) -> torch.Tensor:
         """(V, sem_dim + pix_dim): both normalised halves side by side (what one id addresses)."""
         return torch.cat(self.codebook_pair.tables(), -1).detach()

@@ -70,10 +70,6 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     # --- contract -------------------------------------------------------------------------
     @property
-    def vocab_size(self) -> int:
-        return self.config.codebook_size
-
-    @property
     def codebook(self) -> torch.Tensor:
         """(V, D) l2-normalised code vectors (what decode looks up)."""
         return F.normalize(self.quantizer.codebook.detach(), dim=-1)

@@ -121,3 +121,11 @@ def cosine_lr(optimizer: torch.optim.Optimizer, base: float, step: int, total: i
     warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
     for g in optimizer.param_groups:
         g["lr"] = base * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / total)))
+
+
+def export_with_metrics(model, out: str | os.PathLike, metrics: dict, name: str = "metrics.json") -> None:
+    """Atomically write ``model.save_pretrained`` plus ``metrics`` as JSON into ``out``, then print them."""
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        (tmp / name).write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))

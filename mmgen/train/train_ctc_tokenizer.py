@@ -9,7 +9,6 @@ read back from the discrete tokens alone on the held-out sentences. Resumable fr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
-from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:
@@ -89,10 +88,7 @@ def main(argv=None):
                    train_seconds=round(time.time() - t0, 1), steps=args.steps,
                    command="python -m mmgen.train.train_ctc_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
     if acc.is_main_process:
-        with atomic_dir(args.out) as tmp:
-            model.save_pretrained(tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(json.dumps(metrics, indent=2))
+        export_with_metrics(model, args.out, metrics)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
-from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
@@ -93,10 +93,7 @@ def main(argv=None):
         metrics.update(steps=step + 1, train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads(),
                        command="python -m mmgen.train.train_visual_tokenizer "
                                + " ".join(argv if argv is not None else sys.argv[1:]))
-        with atomic_dir(args.out) as tmp:
-            model.save_pretrained(tmp)
-            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        print(json.dumps(metrics, indent=2))
+        export_with_metrics(model, args.out, metrics)
 
 
 if __name__ == "__main__":
