@@ -90,15 +90,24 @@ def evaluate_digit_pipeline(pipe, judge: DigitJudge, n_per_class: int = 30, batc
 
 
 @torch.no_grad()
+def scene_reconstruction_matches(tok, judge: SceneJudge, n: int = 300, batch: int | None = None) -> dict:
+    """Judge ``n`` held-out real scenes (seed 997) after a tokenizer round trip: attribute_matches
+    (per-attribute and ``"all"`` boolean arrays). ``batch``: encode/decode in chunks (None = at once)."""
+    imgs, specs = SceneDataset(n, seed=997).arrays()
+    x = to_tensor(imgs)
+    step = batch or len(x)
+    rec = torch.cat([tok.decode(tok.encode(x[i:i + step]).ids) for i in range(0, len(x), step)]).clamp(-1, 1)
+    return attribute_matches(judge.predict(rec), specs)
+
+
+@torch.no_grad()
 def tokenizer_ceiling(vq, scene_judge: SceneJudge | None = None, digit_judge: DigitJudge | None = None,
                       n: int = 300) -> dict:
     """Judge real held-out images after a tokenizer round trip: the best a generator on these tokens
     can score (prompt adherence of reconstructed scenes; class consistency of reconstructed digits)."""
     out = {}
     if scene_judge is not None:
-        imgs, specs = SceneDataset(n, seed=997).arrays()
-        rec = vq.decode(vq.encode(to_tensor(imgs)).ids).clamp(-1, 1)
-        out["scenes_adherence_after_vq"] = round(float(attribute_matches(scene_judge.predict(rec), specs)["all"].mean()), 4)
+        out["scenes_adherence_after_vq"] = round(float(scene_reconstruction_matches(vq, scene_judge, n)["all"].mean()), 4)
     if digit_judge is not None:
         x, y = load_digits_rgb("test")
         rec = vq.decode(vq.encode(to_tensor(x)).ids).clamp(-1, 1)

@@ -49,12 +49,8 @@ def tokenizer_report(tok, n: int = 256, judge=None, batch: int = 64) -> dict:
             out["decode_ms_per_image"] = round(1000 * (t2 - t1) / n, 2)
     out["codebook_usage"] = round(float(used.float().mean()), 4)
     if judge is not None:  # the judge on reconstructed held-out scenes: all attributes, then each one
-        from ..data.scenes import SceneDataset as _SD
-        from .judges import attribute_matches
-        imgs, specs = _SD(300, seed=997).arrays()
-        x = to_tensor(imgs)
-        rec = torch.cat([tok.decode(tok.encode(x[i:i + batch]).ids) for i in range(0, len(x), batch)]).clamp(-1, 1)
-        m = attribute_matches(judge.predict(rec), specs)
+        from .evaluate import scene_reconstruction_matches
+        m = scene_reconstruction_matches(tok, judge, 300, batch)
         out["scenes_adherence_after_vq"] = round(float(m["all"].mean()), 4)
         out.update({f"recon_match_{k}": round(float(v.mean()), 4) for k, v in m.items() if k != "all"})
     return out
