@@ -139,3 +139,21 @@ def test_t2i_parallel_orders_and_batch_seeding():
         b = dec.decode(m, m.prefill(cond, guidance_scale=2.0), SamplingConfig(top_k=5),
                        [torch.Generator().manual_seed(i) for i in range(2)]).tokens
         assert torch.equal(a, b)
+
+
+def test_neighbour_plan_equals_its_definition():
+    """Each cell of diagonal s reads the left neighbour (h, w - 1) and the upper one (h - 1, w),
+    both on diagonal s - 1; the plan's in-diagonal positions must point at exactly those cells."""
+    from mmgen.decoding.nar import neighbour_plan
+    for g in (1, 2, 3, 8):
+        d = diagonals(g)
+        for s, (cells, left, up) in enumerate(neighbour_plan(g), start=1):
+            assert torch.equal(cells, d[s])
+            prev = d[s - 1].tolist()
+            for c, l, u in zip(cells.tolist(), left.tolist(), up.tolist()):
+                h, w = divmod(c, g)
+                assert (l >= 0) == (w > 0) and (u >= 0) == (h > 0)
+                if w > 0:
+                    assert prev[l] == c - 1
+                if h > 0:
+                    assert prev[u] == c - g

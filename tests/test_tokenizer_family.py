@@ -226,6 +226,44 @@ def test_onedpiece_tail_drop_length_comes_from_the_generator():
     assert float(off.losses(images(2))["kept_tokens"]) == 8
 
 
+def test_onedpiece_proxy_mode_predicts_the_frozen_proxy_codes(tmp_path):
+    """TiTok stage 1: the target is the proxy VQ's code grid, decode renders argmax codes with the
+    proxy's decoder, and training never changes the proxy (weights or EMA codebook)."""
+    from mmgen.train.train_visual_tokenizer import build_model
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
+    vq.train()
+    vq(images(8, 3))  # k-means init of the proxy codebook
+    vq.eval().save_pretrained(tmp_path / "vq")
+    tok = build_model("onedpiece", SMALL[OneDPieceTokenizer], proxy=str(tmp_path / "vq"))
+    before = {k: v.clone() for k, v in tok.proxy.state_dict().items()}
+    assert all(torch.equal(v, vq.state_dict()[k]) for k, v in before.items())
+    opt = torch.optim.AdamW(tok.parameters(), lr=1e-2)
+    tok.train()
+    assert not tok.proxy.training
+    x = images(4, 1)
+    losses = []
+    for _ in range(3):
+        out = tok.losses(x, generator=torch.Generator().manual_seed(0))
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(out["reconstruction"]))
+    assert losses[-1] < losses[0]
+    assert all(torch.equal(v, before[k]) for k, v in tok.proxy.state_dict().items())
+    tok.eval()
+    ids = tok.encode(x).ids
+    logits = tok.proxy_logits(tok.codebook[ids])
+    assert logits.shape == (4, 256, 32)
+    assert torch.equal(tok.decode(ids), vq.decode(logits.argmax(-1)))
+    tok.save_pretrained(tmp_path / "od")
+    again = load_tokenizer(tmp_path / "od")
+    assert torch.equal(again.decode(ids), tok.decode(ids))
+    with pytest.raises(ValueError, match="--proxy"):
+        build_model("hita", {}, proxy=str(tmp_path / "vq"))
+
+
 # ------------------------------------------------------------------ generators on these layouts
 def test_generator_on_a_one_row_layout_greedy_speculative_equals_ar():
     gen = randomize(ARTransformer(vocab_size=32, grid_size=1, grid_width=12, dim=32, n_layers=2, n_heads=2,

@@ -10,6 +10,7 @@ CFG, before temperature/top-k/top-p); all cells are sampled independently. A G x
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -24,6 +25,22 @@ def diagonals(g: int) -> list[torch.Tensor]:
             for s in range(2 * g - 1)]
 
 
+@functools.lru_cache(maxsize=16)
+def neighbour_plan(g: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """For steps s = 1 .. 2G - 2: (cells, left, up) where ``cells`` (T',) are the raster indices of
+    diagonal s and ``left`` / ``up`` (T',) the position inside diagonal s - 1 of each cell's left /
+    upper neighbour (-1 where it does not exist)."""
+    diags, plan = diagonals(g), []
+    for s in range(1, 2 * g - 1):
+        h0 = max(0, s - 1 - g + 1)  # first row of diagonal s - 1
+        rows = diags[s] // g  # (T',)
+        cols = diags[s] % g
+        left = torch.where(cols > 0, rows - h0, torch.full_like(rows, -1))
+        up = torch.where(rows > 0, rows - 1 - h0, torch.full_like(rows, -1))
+        plan.append((diags[s], left, up))
+    return plan
+
+
 @register_decoder("nar")
 class NARDecoder(Decoder):
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
@@ -35,27 +52,23 @@ class NARDecoder(Decoder):
         tokens = torch.empty(b, g * g, dtype=torch.long, device=dev)
         tokens[:, 0] = pick(state.first_logits, sampling, rng)
         stats.accepted_lengths.extend([1] * b)
-        diags = diagonals(g)
+        prev = torch.zeros(1, dtype=torch.long, device=dev)  # diagonal 0
         done = 1
-        for s in range(1, 2 * g - 1):
-            prev = diags[s - 1].to(dev)  # (T,) raster indices fed this step
+        for s, (cells, left, up) in enumerate(neighbour_plan(g), start=1):
+            cells, left, up = cells.to(dev), left.to(dev), up.to(dev)
             out = generator.forward_step(state, tokens[:, prev], prev.expand(b, -1))
             stats.forward_passes += 1
-            right = {int(p): out.logits[:, j] for j, p in enumerate(prev)}  # predicts (h, w + 1)
-            down = {int(p): out.logits_down[:, j] for j, p in enumerate(prev)}  # predicts (h + 1, w)
-            cells = diags[s]
-            logits = []
-            for p in cells.tolist():
-                h, w = divmod(p, g)
-                parts = ([right[p - 1]] if w > 0 else []) + ([down[p - g]] if h > 0 else [])
-                logits.append(sum(parts) / len(parts))
-            logits = torch.stack(logits, 1)  # (B, T', V)
+            right = out.logits[:, left.clamp(min=0)]  # (B, T', V): right head of the left neighbour
+            down = out.logits_down[:, up.clamp(min=0)]  # (B, T', V): down head of the cell above
+            logits = torch.where((left < 0)[None, :, None], down,
+                                 torch.where((up < 0)[None, :, None], right, 0.5 * (right + down)))
             new = pick(logits.flatten(0, 1), sampling, _rows(rng, b, len(cells))).view(b, -1)
-            tokens[:, cells.to(dev)] = new
+            tokens[:, cells] = new
             done += len(cells)
             stats.accepted_lengths.extend([len(cells)] * b)
             if callback is not None:
                 callback(s, tokens[:, :done])  # progress: count of committed tokens (not a raster prefix)
+            prev = cells
         stats.wall_time = time.perf_counter() - t0
         return DecodeResult(tokens, stats)
 

@@ -6,9 +6,14 @@ Follows: ViT encoder over [image patches + pos; K learned latent tokens + pos] (
 latents -> LayerNorm -> Linear -> ``token_dim`` -> l2-normalised VQ codebook; ViT decoder over
 [one mask token per patch + pos; projected latents + pos]; Tail Token Drop: during training one
 k ~ U{1..K} per batch keeps only the first k tokens, so any prefix decodes (``decode(ids, length=k)``).
-Deviations (CPU scale): one stage straight to pixels with L2 + L1 (TiTok/One-D-Piece first
-regress proxy codes of a pretrained MaskGIT-VQGAN, then fine-tune with perceptual and GAN losses),
-no class token, codebook updated by EMA with dead-code restarts (vector-quantize-pytorch), and a
+Two training targets. Pixel mode (default): the decoder's patch features go through a conv head to
+pixels, L2 + L1. Proxy mode (``proxy_vq`` = the config of a trained :class:`VQTokenizer`, weights
+loaded by the trainer's ``--proxy``): TiTok's first training stage, where the decoder predicts the
+2D code grid of a frozen pretrained VQ tokenizer (cross-entropy per grid cell; each decoder patch
+predicts the s x s proxy cells it covers) and ``decode`` renders argmax codes with that VQ's frozen
+decoder. TiTok/One-D-Piece use MaskGIT-VQGAN as the proxy and then fine-tune the decoder to pixels
+with perceptual and GAN losses (stage 2): here the proxy is our own ``assets/vq`` and stage 2 is not
+done. Other deviations (CPU scale): no class token, codebook updated by EMA with dead-code restarts (vector-quantize-pytorch), and a
 small conv stem/head around the ViTs (image -> 8 x 8 feature patches; decoder patch features ->
 pixels) instead of linear patch embedding/unembedding: with linear patches the tiny model learned
 only the background colour in the CPU budget (18.2 dB at every length, 1500 steps; docs/BENCHMARKS.md).
@@ -26,6 +31,7 @@ from vector_quantize_pytorch import VectorQuantize
 
 from ._parts import conv_decoder, conv_encoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .vq import VQTokenizer
 
 
 class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
@@ -35,7 +41,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     def __init__(self, image_size: int = 64, channels: tuple = (16, 64, 128), width: int = 128,
                  encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
-                 dead_code_threshold: float = 2.0, tail_drop: bool = True):
+                 dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None):
         super().__init__()
         patch_size = 2 ** len(channels)
         if image_size % patch_size:
@@ -58,7 +64,16 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         self.dec_latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
         self.decoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(decoder_depth))
         self.dec_norm = nn.LayerNorm(width)
-        self.head = conv_decoder(width, tuple(channels), res_blocks=1)  # (B, W, grid, grid) -> pixels
+        self.proxy, self.head, self.code_head = None, None, None
+        if proxy_vq is None:
+            self.head = conv_decoder(width, tuple(channels), res_blocks=1)  # (B, W, grid, grid) -> pixels
+        else:
+            self.proxy = VQTokenizer(**proxy_vq).requires_grad_(False).eval()  # frozen proxy, stage 1 of TiTok
+            self.proxy_grid = image_size // self.proxy.downsample_factor
+            if self.proxy_grid % self.grid:
+                raise ValueError(f"the proxy's grid ({self.proxy_grid}) must be a multiple of the patch grid ({self.grid})")
+            self.sub = self.proxy_grid // self.grid  # proxy cells per decoder patch, per side
+            self.code_head = nn.Linear(width, self.sub ** 2 * self.proxy.config.codebook_size)
         self.fixed_image_size = image_size
         self.downsample_factor = patch_size
 
@@ -79,15 +94,32 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
             h = blk(h)
         return self.to_token(self.enc_norm(h[:, -k:]))
 
-    def _decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
-        """zq (B, k, token_dim), k <= K -> images (B, 3, S, S)."""
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.proxy is not None:
+            self.proxy.eval()  # frozen: its EMA codebook must never update
+        return self
+
+    def _decoder_features(self, zq: torch.Tensor) -> torch.Tensor:
+        """zq (B, k, token_dim), k <= K -> decoder patch features (B, grid^2, W)."""
         b, k = zq.shape[:2]
         lat = self.from_token(zq) + self.dec_latent_pos[:, :k]
         masks = (self.mask_token + self.dec_pos).expand(b, -1, -1)  # (B, G, W)
         h = torch.cat([masks, lat], 1)
         for blk in self.decoder:
             h = blk(h)
-        h = self.dec_norm(h[:, :masks.shape[1]])
+        return self.dec_norm(h[:, :masks.shape[1]])
+
+    def proxy_logits(self, zq: torch.Tensor) -> torch.Tensor:
+        """Proxy mode: zq (B, k, token_dim) -> logits (B, proxy_grid^2, V_proxy) over the proxy's raster grid."""
+        h = self.code_head(self._decoder_features(zq))  # (B, grid^2, sub^2 * V_proxy)
+        return rearrange(h, "b (h w) (p q v) -> b (h p w q) v", h=self.grid, p=self.sub, q=self.sub)
+
+    def _decode_quantized(self, zq: torch.Tensor) -> torch.Tensor:
+        """zq (B, k, token_dim), k <= K -> images (B, 3, S, S)."""
+        if self.proxy is not None:
+            return self.proxy.decode(self.proxy_logits(zq).argmax(-1))
+        h = self._decoder_features(zq)
         return self.head(rearrange(h, "b (h w) d -> b d h w", h=self.grid))
 
     @torch.no_grad()
@@ -117,7 +149,10 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         k = self.config.num_latent_tokens
         if self.config.tail_drop:  # one prefix length per batch, uniform over 1..K
             k = int(torch.randint(1, k + 1, (1,), generator=generator))
-        rec = self._decode_quantized(zq[:, :k])
-        rec_loss = pixel_loss(rec, images)
+        if self.proxy is not None:  # TiTok stage 1: cross-entropy on the frozen proxy's codes
+            target = self.proxy.encode(images).ids  # (B, proxy_grid^2)
+            rec_loss = nn.functional.cross_entropy(self.proxy_logits(zq[:, :k]).flatten(0, 1), target.flatten())
+        else:
+            rec_loss = pixel_loss(self._decode_quantized(zq[:, :k]), images)
         return {"loss": rec_loss + commit.sum(), "reconstruction": rec_loss.detach(), "commitment": commit.sum().detach(),
                 "kept_tokens": torch.tensor(float(k))}

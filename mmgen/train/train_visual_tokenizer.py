@@ -29,6 +29,19 @@ from .common import cosine_lr, export_with_metrics, resume_or_start, save_checkp
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
 
+def build_model(kind: str, config: dict, proxy: str | None = None):
+    """A fresh tokenizer of ``kind``; with ``proxy`` (One-D-Piece) the frozen proxy VQ's weights are loaded into it."""
+    cls = getattr(tokenizers_visual, KINDS[kind])
+    if proxy is None:
+        return cls(**config)
+    if kind != "onedpiece":
+        raise ValueError(f"--proxy is only used by --kind onedpiece, got --kind {kind}")
+    vq = tokenizers_visual.VQTokenizer.from_pretrained(proxy)
+    model = cls(**config, proxy_vq={k: v for k, v in vq.config.items() if not k.startswith("_")})
+    model.proxy.load_state_dict(vq.state_dict())
+    return model
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", required=True, choices=sorted(KINDS))
@@ -44,6 +57,8 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
     ap.add_argument("--config", default="{}", help="JSON overrides of the tokenizer's constructor arguments")
+    ap.add_argument("--proxy", default=None, help="onedpiece only: folder of a trained VQ tokenizer whose codes the "
+                                                  "decoder learns to predict (TiTok's proxy-code stage)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
@@ -54,7 +69,7 @@ def main(argv=None):
     work = args.work or f"runs/train_{args.kind}"
     acc = Accelerator(cpu=not torch.cuda.is_available())
     make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    model, opt, step = resume_or_start(work, "model", getattr(tokenizers_visual, KINDS[args.kind])(**json.loads(args.config)), make_opt)
+    model, opt, step = resume_or_start(work, "model", build_model(args.kind, json.loads(args.config), args.proxy), make_opt)
     model, opt = acc.prepare(model, opt)
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
 
