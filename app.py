@@ -21,7 +21,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mmgen.assets import model_path  # noqa: E402
+from mmgen.assets import model_for_decoding, model_path  # noqa: E402
 from mmgen.decoding import DECODERS  # noqa: E402
 
 log = logging.getLogger("mmgen.app")
@@ -129,12 +129,13 @@ def run_generation(model: str, condition: dict, decoding, options_text, seed, cf
     seed = _int_field(seed, "seed", 0, MAX_SEED)
     n = _int_field(num_images, "number of images", 1, MAX_IMAGES)
     top_k = _int_field(top_k, "top_k", 0, 1 << 20)
-    pipe = load_pipeline(model)
+    pipe = load_pipeline(model_for_decoding(model, decoding, model))  # nar / nbp: the model's -nar / -nbp companion
     dev = pipe._execution_device
 
     def call(method, opts):
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(n)]  # image i uses seed + i
-        return pipe(**condition, num_images_per_prompt=n, guidance_scale=float(cfg), top_k=top_k,
+        p = pipe if method == decoding else load_pipeline(model)
+        return p(**condition, num_images_per_prompt=n, guidance_scale=float(cfg), top_k=top_k,
                     top_p=float(top_p), temperature=float(temperature), generator=gens, decoding=method,
                     decoding_options=opts)
 

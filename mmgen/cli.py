@@ -33,7 +33,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--decoding", default="ar", help="decoder name (ar, sjd, gsd, lantern, ...)")
+    p.add_argument("--decoding", default=None, help="decoder name (ar, sjd, gsd, lantern, nar, nbp, ...; default: "
+                   "the model's own order). nar / nbp on a shipped raster model use its -nar / -nbp companion")
     p.add_argument("--decoding-options", default="{}", help="JSON dict of decoder options")
     p.add_argument("--threads", type=int, default=None)
 
@@ -66,13 +67,13 @@ def recommended(model_dir: Path) -> dict:
 def cmd_generate(args) -> int:
     import torch
 
-    from .assets import model_path
+    from .assets import model_for_decoding, model_path
     from .train.common import set_threads
 
     set_threads(args.threads)
     if (args.prompt is None) == (args.class_id is None):
         raise ValueError("pass exactly one of --prompt and --class")
-    model = args.model or ("scenes-t2i" if args.prompt is not None else "digits-c2i")
+    model = model_for_decoding(args.model, args.decoding, "scenes-t2i" if args.prompt is not None else "digits-c2i")
     pipe = load_pipeline(model)
     rec = recommended(model_path(model))
     kw = dict(prompt=args.prompt) if args.prompt is not None else dict(class_labels=args.class_id)

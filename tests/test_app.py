@@ -19,6 +19,7 @@ if str(ROOT) not in sys.path:
 import app  # noqa: E402
 from gradio_client import Client  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
+from mmgen.assets import model_for_decoding  # noqa: E402
 from mmgen.decoding import DECODERS  # noqa: E402
 
 PROMPT = "a small red circle on the left, white background"
@@ -50,6 +51,11 @@ def models(tmp_path_factory):
     scenes = textured(ARImagePipeline(transformer=t2i, vq=vq, text_encoder=enc, tokenizer=tok))
     scenes.save_pretrained(root / "scenes")
     ARImagePipeline(transformer=c2i, vq=scenes.vq).save_pretrained(root / "digits")
+    for order in ("nar", "nbp"):  # companions that decoding="nar" / "nbp" switch to
+        gen = randomize(ARTransformer(vocab_size=64, grid_size=4, dim=32, n_layers=1, n_heads=2, caption_dim=32,
+                                      prefix_len=24, order=order), std=0.2)
+        ARImagePipeline(transformer=gen, vq=scenes.vq, text_encoder=scenes.text_encoder,
+                        tokenizer=scenes.tokenizer).save_pretrained(root / f"scenes-{order}")
     return root / "scenes", root / "digits"
 
 
@@ -106,7 +112,8 @@ def test_digit_with_wall_time_comparison(client):
 def test_every_registered_decoder_runs_or_explains(client, models, method):
     """Each registry entry either runs (stats + speedup over AR) or, where the pipeline itself rejects it
     (e.g. a method needing a generator trained in another token order), the app shows that same message."""
-    pipe = app.load_pipeline(str(models[0]))
+    pipe = app.load_pipeline(model_for_decoding(str(models[0]), method, None))  # nar/nbp: the -nar/-nbp sibling
+    assert (pipe.transformer.order != "raster") == (method in ("nar", "nbp"))
     try:
         ref = pipe(PROMPT, num_images_per_prompt=2, generator=[torch.Generator().manual_seed(s) for s in (1, 2)],
                    decoding=method, output_type="latent")

@@ -204,3 +204,16 @@ def test_shipped_digits_model_is_the_default_for_classes(tmp_path):
     for r in recs:
         with Image.open(tmp_path / "d" / r["file"]) as im:
             assert im.format == "PNG" and im.size[0] == im.size[1] >= 32
+
+
+def test_parallel_decoding_runs_on_the_shipped_companion_model(tmp_path):
+    """decoding="nbp" with the default digits model uses assets/digits-c2i-nbp and records it."""
+    from mmgen.assets import model_path
+
+    summary = run_batch(read_items(classes=[1, 7]), tmp_path / "p", decoding="nbp", batch_size=2, progress=False)
+    assert summary["complete"]
+    recs = records(tmp_path / "p")
+    assert all(r["checkpoint"] == str(model_path("digits-c2i-nbp").resolve()) and r["decoding"] == "nbp" for r in recs)
+    # no decoding given: the checkpoint's own order is recorded
+    run_batch(read_items(classes=[2]), tmp_path / "q", str(model_path("digits-c2i-nar")), progress=False)
+    assert records(tmp_path / "q")[0]["decoding"] == "nar"

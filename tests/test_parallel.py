@@ -157,3 +157,37 @@ def test_neighbour_plan_equals_its_definition():
                     assert prev[l] == c - 1
                 if h > 0:
                     assert prev[u] == c - g
+
+
+def test_native_decoding_and_ar_rejects_parallel_generators(tmp_path):
+    """A pipeline called without ``decoding`` runs the generator's own order; 'ar' on a NAR/NBP
+    generator is a clear error instead of raster-sampling a model that was never trained for it."""
+    from mmgen.pipelines import ARImagePipeline
+    from mmgen.tokenizers_visual import VQTokenizer
+
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    expected = {"raster": 16, "nar": 7, "nbp": 4}
+    for order, passes in expected.items():
+        m = _model(order)
+        assert m.native_decoding == ("ar" if order == "raster" else order)
+        pipe = ARImagePipeline(transformer=m, vq=vq)
+        pipe.set_progress_bar_config(disable=True)
+        out = pipe(class_labels=[3], generator=torch.Generator().manual_seed(0), output_type="latent")
+        assert out.stats.method == m.native_decoding and out.stats.forward_passes == passes
+        if order != "raster":
+            with pytest.raises(ValueError, match=f"decoding='ar' needs a raster-order generator.*{order}"):
+                pipe(class_labels=[3], decoding="ar", output_type="latent")
+
+
+def test_model_for_decoding_picks_the_trained_sibling(tmp_path, monkeypatch):
+    from mmgen.assets import model_for_decoding
+
+    monkeypatch.setenv("MMGEN_ASSETS", str(tmp_path))
+    for name in ("m", "m-nbp"):
+        (tmp_path / name).mkdir()
+    assert model_for_decoding("m", "nbp", "x") == str(tmp_path / "m-nbp")  # shipped name -> sibling
+    assert model_for_decoding(None, "nbp", "m") == str(tmp_path / "m-nbp")  # default model
+    assert model_for_decoding(str(tmp_path / "m"), "nbp", "x") == str(tmp_path / "m-nbp")  # folder -> sibling
+    assert model_for_decoding("m", "nar", "x") == "m"  # no -nar sibling: unchanged (the decoder explains)
+    assert model_for_decoding("m", "sjd", "x") == "m" and model_for_decoding("m-nbp", "nbp", "x") == "m-nbp"
+    assert model_for_decoding("missing", "nar", "x") == "missing"

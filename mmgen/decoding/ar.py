@@ -15,6 +15,10 @@ class ARDecoder(Decoder):
     """N forward passes for N tokens (prefill predicts token 0, then one step per token)."""
 
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
+        caps = getattr(generator, "capabilities", frozenset({"ar"}))
+        if "ar" not in caps:
+            raise ValueError(f"decoding='ar' needs a raster-order generator; this one was trained for "
+                             f"{sorted(caps)}: use decoding={sorted(caps)[0]!r}")
         stats, t0 = self._start(state)
         b, n = state.batch_size, state.num_tokens
         dev = state.first_logits.device

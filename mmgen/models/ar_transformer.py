@@ -220,6 +220,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
             nn.init.normal_(m.weight, std=0.02)
 
     @property
+    def native_decoding(self) -> str:
+        """The decoder that matches the training order: "ar" (raster), "nar" or "nbp"."""
+        return "ar" if self.order == "raster" else self.order
+
+    @property
     def capabilities(self) -> frozenset:
         return frozenset({"ar", "speculative"}) if self.order == "raster" else frozenset({self.order})
 

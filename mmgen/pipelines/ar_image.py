@@ -90,10 +90,11 @@ class ARImagePipeline(DiffusionPipeline):
     def __call__(self, prompt: "str | list[str] | None" = None, class_labels=None, num_images_per_prompt: int = 1,
                  guidance_scale: float = 3.0, cfg_interval: "tuple[float, float] | None" = None,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, do_sample: bool = True,
-                 generator: "torch.Generator | list[torch.Generator] | None" = None, decoding="ar",
+                 generator: "torch.Generator | list[torch.Generator] | None" = None, decoding=None,
                  decoding_options: "dict | None" = None, output_type: str = "pil", return_dict: bool = True,
                  callback_on_step_end=None, callback_on_step_end_tensor_inputs: "list[str] | None" = None):
-        """Generate images. ``decoding`` is a registered name ("ar", ...) or a Decoder object.
+        """Generate images. ``decoding`` is a registered name ("ar", "sjd", "nar", ...) or a Decoder object;
+        ``None`` uses the generator's own order (``transformer.native_decoding``: "ar", "nar" or "nbp").
 
         ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` runs after every decoder
         step (``timestep`` = number of tokens committed); it may return ``{"tokens": ...}`` to edit them.
@@ -101,7 +102,8 @@ class ARImagePipeline(DiffusionPipeline):
         cb_inputs = callback_on_step_end_tensor_inputs or ["tokens"]
         self.check_inputs(prompt, class_labels, num_images_per_prompt, guidance_scale, output_type, cb_inputs)
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
-        decoder = get_decoder(decoding, **(decoding_options or {}))
+        decoder = get_decoder(self.transformer.native_decoding if decoding is None else decoding,
+                              **(decoding_options or {}))
         decoder.prepare(self.vq)
         cond = self.encode_condition(prompt, class_labels, num_images_per_prompt)
         n_tok = self.transformer.num_tokens

@@ -196,18 +196,19 @@ def write_grid(out: Path, items: list[BatchItem], grid_max: int) -> "Path | None
 
 
 def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str | None" = None, *,
-              decoding: str = "ar", decoding_options: "dict | None" = None,
+              decoding: "str | None" = None, decoding_options: "dict | None" = None,
               guidance_scale: "float | None" = None, top_k: int = 0, top_p: float = 1.0,
               temperature: float = 1.0, batch_size: int = 8, cpu: "bool | None" = None, grid_max: int = 64,
               progress: bool = True) -> dict:
     """Generate every unfinished item into ``out_dir`` on this process's share; returns a summary.
 
     ``model``: pipeline folder or shipped name (default ``scenes-t2i`` for prompts, ``digits-c2i`` for
-    classes). ``cpu``: passed to ``PartialState`` (default: True when CUDA is unavailable).
+    classes; ``decoding="nar"``/``"nbp"`` on a shipped raster name uses its ``-nar``/``-nbp`` companion).
+    ``decoding``: registered name, ``None`` = the generator's own order. ``cpu``: passed to ``PartialState`` (default: True when CUDA is unavailable).
     """
     from tqdm.auto import tqdm
 
-    from ..assets import model_path
+    from ..assets import model_for_decoding, model_path
     from ..cli import load_pipeline, recommended
     from ..decoding import SamplingConfig, get_decoder
 
@@ -220,10 +221,13 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     if sorted(it.index for it in items) != list(range(len(items))):
         raise ValueError("items must be indexed 0..n-1 (use read_items)")
     by_class = items[0].class_label is not None
-    ckpt = model_path(model or ("digits-c2i" if by_class else "scenes-t2i")).resolve()
+    ckpt = model_path(model_for_decoding(model, decoding, "digits-c2i" if by_class else "scenes-t2i")).resolve()
     if guidance_scale is None:
         guidance_scale = float(recommended(ckpt).get("guidance_scale", 3.0))
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
+    if decoding is None:  # the generator's own order, read from its config without loading weights
+        order = json.loads((ckpt / "transformer" / "config.json").read_text()).get("order", "raster")
+        decoding = "ar" if order == "raster" else order
     if not isinstance(decoding, str):
         raise ValueError(f"decoding must be a registered decoder name (it is recorded in metadata), got {decoding!r}")
     decoding_options = dict(decoding_options or {})
