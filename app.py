@@ -315,7 +315,7 @@ def _sampling_controls(default_cfg: float, prefix: str):
     methods = sorted(DECODERS)
     with gr.Row():
         decoding = gr.Dropdown(methods, value="ar" if "ar" in methods else methods[0], label="decoding method",
-                               info="every registered method; one that needs another kind of generator says so",
+                               info="every registered method; nar / nbp run the model's -nar / -nbp sibling (own weights)",
                                elem_id=f"{prefix}-decoding")
         options = gr.Textbox(value="{}", label="decoding options (JSON)", lines=1, elem_id=f"{prefix}-options")
     with gr.Row():

@@ -82,7 +82,8 @@ def main(argv=None):
         (folder / "recommended.json").write_text(json.dumps({"guidance_scale": cfg}, indent=2))
         res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
         res.update(guidance_scale=cfg, validation_scores={str(k): round(v, 4) for k, v in scores.items()},
-                   decoding="ar", threads=threads, date=str(date.today()), eval_seconds=round(time.time() - t0, 1),
+                   decoding=pipe.transformer.native_decoding, threads=threads, date=str(date.today()),
+                   eval_seconds=round(time.time() - t0, 1),
                    tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py --models " + name)
         (folder / "eval.json").write_text(json.dumps(res, indent=2))
         print(name, json.dumps(res))
