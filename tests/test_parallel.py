@@ -191,3 +191,31 @@ def test_model_for_decoding_picks_the_trained_sibling(tmp_path, monkeypatch):
     assert model_for_decoding("m", "nar", "x") == "m"  # no -nar sibling: unchanged (the decoder explains)
     assert model_for_decoding("m", "sjd", "x") == "m" and model_for_decoding("m-nbp", "nbp", "x") == "m-nbp"
     assert model_for_decoding("missing", "nar", "x") == "missing"
+
+
+def test_nbp_blocks_of_several_rows():
+    """block_rows = 2 on a 4 x 4 grid: the mask is block-causal over pairs of rows, cached decoding
+    takes 2 passes and its step logits equal the teacher-forced full masked forward."""
+    g, p = 4, 1
+    m = _model("nbp", g=g, num_classes=10, block_rows=2)
+    assert m.block_size == 8 and m.bov == 8
+    slots = torch.arange(p + m.bov + g * g)[None]
+    mask = m.attention_mask(slots, torch.ones(1, slots.shape[1], dtype=torch.bool))[0, p + m.bov:, p + m.bov:]
+    for i in range(g * g):
+        for j in range(g * g):
+            assert bool(mask[i, j]) == ((j // g) // 2 <= (i // g) // 2), (i, j)
+    cond = Condition(class_labels=torch.tensor([2, 7]))
+    res = get_decoder("nbp").decode(m, m.prefill(cond, guidance_scale=2.0), SamplingConfig(do_sample=False))
+    assert res.stats.forward_passes == 2 and res.stats.histogram() == {8: 4}
+    full = m(res.tokens, m.null_condition(cond))
+    full = full + 2.0 * (m(res.tokens, cond) - full)
+    assert torch.equal(full.argmax(-1), res.tokens)
+    state = m.prefill(cond, guidance_scale=2.0)
+    assert torch.allclose(state.first_logits, full[:, :8], atol=1e-5)
+    out = m.forward_step(state, res.tokens[:, :8], torch.arange(8).expand(2, -1))
+    assert torch.allclose(out.logits, full[:, 8:], atol=1e-5)
+    for bad in (3, 0, 5):
+        with pytest.raises(ValueError, match="block_rows"):
+            _model("nbp", g=g, num_classes=10, block_rows=bad)
+    with pytest.raises(ValueError, match="block_rows"):
+        _model("nar", g=g, num_classes=10, block_rows=2)

@@ -1,9 +1,10 @@
 """Next-block decoding (Ren et al. 2025, "Next Block Prediction: Video Generation via
-Semi-Autoregressive Modeling", NBP), rows as blocks, for generators with ``"nbp"`` capability.
+Semi-Autoregressive Modeling", NBP), for generators with ``"nbp"`` capability. A block is
+``generator.block_size`` tokens (``block_rows`` rows of the grid; one row by default).
 
-The prefill's G begin-of-image queries predict row 0; then feeding row r - 1 (bidirectional
-inside the row, causal across rows) predicts row r, token l from token l. All tokens of a row are
-sampled independently: G forward passes for G rows.
+The prefill's begin-of-image queries (one per block token) predict block 0; then feeding block b - 1
+(bidirectional inside the block, causal across blocks) predicts block b, token l from token l. All
+tokens of a block are sampled independently: N / block_size forward passes (G for rows).
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ class NBPDecoder(Decoder):
         if "nbp" not in generator.capabilities:
             raise ValueError("decoding='nbp' needs a generator trained with order='nbp' (e.g. assets/digits-c2i-nbp)")
         stats, t0 = self._start(state)
-        g, b = generator.grid_size, state.batch_size
+        n, blk, b = state.num_tokens, generator.block_size, state.batch_size
         dev = state.first_logits.device
-        tokens = torch.empty(b, g * g, dtype=torch.long, device=dev)
-        logits = state.first_logits  # (B, G, V): row 0
-        for r in range(g):
-            tokens[:, r * g:(r + 1) * g] = pick(logits.flatten(0, 1), sampling, _rows(rng, b, g)).view(b, g)
-            stats.accepted_lengths.extend([g] * b)
+        tokens = torch.empty(b, n, dtype=torch.long, device=dev)
+        logits = state.first_logits  # (B, blk, V): block 0
+        for r in range(n // blk):
+            tokens[:, r * blk:(r + 1) * blk] = pick(logits.flatten(0, 1), sampling, _rows(rng, b, blk)).view(b, blk)
+            stats.accepted_lengths.extend([blk] * b)
             if callback is not None:
-                callback(r, tokens[:, :(r + 1) * g])
-            if r + 1 < g:
-                pos = torch.arange(r * g, (r + 1) * g, device=dev).expand(b, -1)
-                logits = generator.forward_step(state, tokens[:, r * g:(r + 1) * g], pos).logits
+                callback(r, tokens[:, :(r + 1) * blk])
+            if (r + 1) * blk < n:
+                pos = torch.arange(r * blk, (r + 1) * blk, device=dev).expand(b, -1)
+                logits = generator.forward_step(state, tokens[:, r * blk:(r + 1) * blk], pos).logits
                 stats.forward_passes += 1
         stats.wall_time = time.perf_counter() - t0
         return DecodeResult(tokens, stats)

@@ -140,10 +140,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
       h' + w' <= h + w; a right head (the base head) predicts (h, w + 1) and a down head (an extra
       block + its own norm and output) predicts (h + 1, w); overlapping predictions are averaged as
       logits. A G x G grid takes 2G - 1 forward passes.
-    * ``"nbp"``: next-block prediction (Ren et al. 2025, NBP) with rows as blocks: block-causal mask
-      (bidirectional inside a row), token l of row r predicts token l of row r + 1. Deviation: the
-      first row is predicted from G learned begin-of-image queries after the condition (NBP's image
-      setting has no given first block), so G rows take G forward passes.
+    * ``"nbp"``: next-block prediction (Ren et al. 2025, NBP); a block is ``block_rows`` rows (default
+      1): block-causal mask (bidirectional inside a block), token l of block b predicts token l of
+      block b + 1. Deviation: the first block is predicted from one learned begin-of-image query per
+      block token after the condition (NBP's image setting has no given first block), so a G x G grid
+      takes G / block_rows forward passes.
     """
 
     @register_to_config
@@ -151,7 +152,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
                  n_heads: int = 8, num_classes: int = 0, caption_dim: int = 0, prefix_len: int = 1,
                  class_dropout_prob: float = 0.1, token_dropout: float = 0.0, dropout: float = 0.0,
                  rope_base: float = 10000.0, norm_eps: float = 1e-5, order: str = "raster",
-                 grid_width: int = 0, holistic_tokens: int = 0, holistic_vocab: int = 0):
+                 grid_width: int = 0, holistic_tokens: int = 0, holistic_vocab: int = 0, block_rows: int = 1):
         super().__init__()
         if (num_classes > 0) == (caption_dim > 0):
             raise ValueError("exactly one of num_classes and caption_dim must be > 0")
@@ -162,6 +163,10 @@ class ARTransformer(ModelMixin, ConfigMixin):
         width = grid_width or grid_size
         if width != grid_size and order != "raster":
             raise ValueError(f"order {order!r} needs a square grid (grid_width == grid_size)")
+        if block_rows != 1 and order != "nbp":
+            raise ValueError(f"block_rows is an NBP setting (order='nbp'), got order {order!r}")
+        if not (isinstance(block_rows, int) and 1 <= block_rows <= grid_size and grid_size % block_rows == 0):
+            raise ValueError(f"block_rows must be a divisor of grid_size ({grid_size}), got {block_rows!r}")
         if holistic_tokens and not (0 < holistic_vocab < vocab_size and order == "raster"):
             raise ValueError("holistic_tokens needs raster order and 0 < holistic_vocab < vocab_size")
         self.num_tokens = grid_size * width
@@ -187,7 +192,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
             self.down_block = Block(dim, n_heads, norm_eps, dropout)
             self.down_norm = RMSNorm(dim, norm_eps)
             self.down_output = nn.Linear(dim, vocab_size, bias=False)
-        self.bov = grid_size if order == "nbp" else 0  # begin-of-image query slots (NBP)
+        self.block_size = block_rows * width if order == "nbp" else 1  # tokens committed per NBP step
+        self.bov = self.block_size if order == "nbp" else 0  # begin-of-image query slots (NBP): one block
         if self.bov:
             self.bov_embeddings = nn.Parameter(torch.zeros(self.bov, dim))
         self.prefix_slots = prefix_len + self.bov  # slots before image token 0
@@ -196,14 +202,15 @@ class ARTransformer(ModelMixin, ConfigMixin):
         n = torch.arange(self.num_tokens + (MAX_EXTRA_SLOTS if order == "raster" else 0))
         rows, cols = n // width, n % width
         coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long),
-                            torch.stack([torch.full((self.bov,), -1), torch.arange(self.bov)], 1),
+                            torch.stack([torch.arange(self.bov) // width - block_rows,
+                                         torch.arange(self.bov) % width], 1),  # virtual rows above row 0
                             torch.stack([rows, cols], 1)])
         if order == "raster":
             image_rank = prefix_len + n
         elif order == "nar":
             image_rank = prefix_len + rows + cols
         else:
-            image_rank = prefix_len + 1 + rows
+            image_rank = prefix_len + 1 + rows // block_rows
         rank = torch.cat([torch.arange(prefix_len), torch.full((self.bov,), prefix_len), image_rank])
         self.register_buffer("slot_rank", rank, persistent=False)  # (S,)
         cos, sin = rope_2d_table(coords, dim // n_heads, rope_base)  # (S, hd/2)
@@ -364,7 +371,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
     def _heads(self, state, h, down, fed_pos):
         """Hidden states of fed tokens at positions fed_pos (B, T) -> mixed (right/base logits, down logits)."""
         g = self.grid_size
-        step = g if self.order == "nbp" else 1
+        step = self.block_size if self.order == "nbp" else 1
         logits = self._mix(state, self.output(h).float(), fed_pos + step)
         if down is None:
             return logits, None
@@ -428,7 +435,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
         raster: positions = cache_len + arange(T); logits[:, j] predicts position + 1 (rollback allowed).
         nar: any set of positions (a diagonal); ``logits`` = right head (predicts (h, w + 1)),
-        ``logits_down`` = down head (predicts (h + 1, w)). nbp: a whole row; logits predict the next row.
+        ``logits_down`` = down head (predicts (h + 1, w)). nbp: a whole block; logits predict the next block.
         """
         b, t = tokens.shape
         if b != state.batch_size or positions.shape != tokens.shape:

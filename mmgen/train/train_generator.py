@@ -93,6 +93,7 @@ def main(argv=None):
     ap.add_argument("--task", choices=sorted(PRESETS), required=True)
     ap.add_argument("--order", choices=["raster", "nar", "nbp"], default="raster",
                     help="generation order: raster (AR), nar (next-neighbour), nbp (next-block)")
+    ap.add_argument("--block-rows", type=int, default=1, help="nbp: rows per block (a divisor of the grid height)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", "--vq", dest="vq", default="assets/vq",
                     help="folder of any mmgen visual tokenizer (VQ, SEED, TokenFlow, Hita, One-D-Piece)")
@@ -122,7 +123,8 @@ def main(argv=None):
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
         codes, labels = digit_data(vq)
-    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **generator_config(vq, args.task))
+    extra = dict(block_rows=args.block_rows) if args.block_rows != 1 else {}
+    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **generator_config(vq, args.task), **extra)
     step = 0
     if load_trainer_state(work) is not None:
         step = load_trainer_state(work)["step"]
@@ -186,7 +188,8 @@ def main(argv=None):
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
             "tokenizer": args.vq,
             "command": f"python -m mmgen.train.train_generator --task {args.task} --order {args.order} "
-                       f"--tokenizer {args.vq} --out {args.out} --steps {args.steps} --batch {args.batch}"}
+                       f"--tokenizer {args.vq} --out {args.out} --steps {args.steps} --batch {args.batch}"
+                       + (f" --block-rows {args.block_rows}" if args.block_rows != 1 else "")}
     Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
