@@ -129,6 +129,11 @@ MAX_EXTRA_SLOTS = 256
 ORDERS = ("raster", "nar", "nbp")
 
 
+def decoding_for_order(order: str) -> str:
+    """The decoder that matches a training order: "ar" for raster, else the order's own ("nar", "nbp")."""
+    return "ar" if order == "raster" else order
+
+
 class ARTransformer(ModelMixin, ConfigMixin):
     """LlamaGen GPT. ``num_classes > 0``: class-to-image; ``caption_dim > 0``: text-to-image.
 
@@ -229,7 +234,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
     @property
     def native_decoding(self) -> str:
         """The decoder that matches the training order: "ar" (raster), "nar" or "nbp"."""
-        return "ar" if self.order == "raster" else self.order
+        return decoding_for_order(self.order)
 
     @property
     def capabilities(self) -> frozenset:

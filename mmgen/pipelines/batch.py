@@ -226,8 +226,9 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
         guidance_scale = float(recommended(ckpt).get("guidance_scale", 3.0))
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
     if decoding is None:  # the generator's own order, read from its config without loading weights
-        order = json.loads((ckpt / "transformer" / "config.json").read_text()).get("order", "raster")
-        decoding = "ar" if order == "raster" else order
+        from ..models.ar_transformer import decoding_for_order
+
+        decoding = decoding_for_order(json.loads((ckpt / "transformer" / "config.json").read_text()).get("order", "raster"))
     if not isinstance(decoding, str):
         raise ValueError(f"decoding must be a registered decoder name (it is recorded in metadata), got {decoding!r}")
     decoding_options = dict(decoding_options or {})

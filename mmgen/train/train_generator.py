@@ -123,8 +123,8 @@ def main(argv=None):
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
         codes, labels = digit_data(vq)
-    extra = dict(block_rows=args.block_rows) if args.block_rows != 1 else {}
-    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, **generator_config(vq, args.task), **extra)
+    model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, block_rows=args.block_rows,
+                          **generator_config(vq, args.task))
     step = 0
     if load_trainer_state(work) is not None:
         step = load_trainer_state(work)["step"]
