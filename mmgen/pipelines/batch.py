@@ -204,7 +204,8 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
 
     ``model``: pipeline folder or shipped name (default ``scenes-t2i`` for prompts, ``digits-c2i`` for
     classes; ``decoding="nar"``/``"nbp"`` on a shipped raster name uses its ``-nar``/``-nbp`` companion).
-    ``decoding``: registered name, ``None`` = the generator's own order. ``cpu``: passed to ``PartialState`` (default: True when CUDA is unavailable).
+    ``decoding``: registered name, ``None`` = the generator's own order. ``cpu``: passed to
+    ``PartialState`` (default: True when CUDA is unavailable).
     """
     from tqdm.auto import tqdm
 
@@ -228,7 +229,8 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     if decoding is None:  # the generator's own order, read from its config without loading weights
         from ..models.ar_transformer import decoding_for_order
 
-        decoding = decoding_for_order(json.loads((ckpt / "transformer" / "config.json").read_text()).get("order", "raster"))
+        config = json.loads((ckpt / "transformer" / "config.json").read_text())
+        decoding = decoding_for_order(config.get("order", "raster"))
     if not isinstance(decoding, str):
         raise ValueError(f"decoding must be a registered decoder name (it is recorded in metadata), got {decoding!r}")
     decoding_options = dict(decoding_options or {})
