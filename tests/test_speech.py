@@ -161,6 +161,25 @@ def test_mctp_modules_match_teacher_forcing_and_cut_forwards():
         assert torch.equal(model._pick(logits, step, end_at, 0.0, None, None, min_frames=40), out.steps[:, step])
 
 
+def test_vocoder_chunk_schedule():
+    from mmgen.audio.features import chunk_span, num_chunks
+    assert [chunk_span(i, 32, 8) for i in range(4)] == [(0, 8), (8, 32), (32, 64), (64, 96)]
+    assert [chunk_span(i, 32) for i in range(3)] == [(0, 32), (32, 64), (64, 96)]
+    for first in (8, 32):
+        for n in range(0, 130):  # the spans cover frames 0..n-1 exactly once, no empty piece
+            spans = [chunk_span(i, 32, first) for i in range(num_chunks(n, 32, first))]
+            covered = [f for a, b in spans for f in range(a, min(b, n))]
+            assert covered == list(range(n)) and all(a < n for a, _ in spans)
+    with pytest.raises(ValueError, match="first must be in"):
+        chunk_span(0, 32, 0)
+
+
+def test_first_chunk_needs_fewer_frames(pipe):
+    from mmgen.pipelines.speech import first_chunk_frames
+    r = pipe.codec.receptive_radius
+    assert [first_chunk_frames(pipe.codec, i) for i in range(3)] == [16 + r, 40 + r, 72 + r]
+
+
 def test_streaming_concatenates_to_whole_output(pipe):
     whole = pipe("the red dog follows a cat", min_seconds=1.6, max_seconds=1.9)
     chunks = list(pipe.stream("the red dog follows a cat", min_seconds=1.6, max_seconds=1.9))

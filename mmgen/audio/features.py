@@ -98,29 +98,55 @@ def griffin_lim(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), n_iter: int 
     return torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=window, center=True, length=n)
 
 
+def chunk_span(index: int, chunk: int = 32, first: int | None = None) -> tuple[int, int]:
+    """Frames [start, end) of streamed vocoder chunk ``index`` (``end`` not clipped to the utterance).
+
+    Chunks are ``chunk`` frames long, except that a smaller ``first`` splits the first ``chunk`` frames
+    into [0, first) and [first, chunk), so the first audio needs fewer frames; later chunks keep the
+    multiples of ``chunk`` as boundaries."""
+    first = chunk if first is None else first
+    if not 1 <= first <= chunk:
+        raise ValueError(f"first must be in [1, chunk={chunk}], got {first}")
+    if index == 0:
+        return 0, first
+    if first == chunk:
+        return index * chunk, (index + 1) * chunk
+    return (first, chunk) if index == 1 else ((index - 1) * chunk, index * chunk)
+
+
+def num_chunks(n_frames: int, chunk: int = 32, first: int | None = None) -> int:
+    """How many :func:`chunk_span` pieces cover ``n_frames`` frames."""
+    first = chunk if first is None else first
+    if n_frames <= 0:
+        return 0
+    if n_frames <= first:
+        return 1
+    return -(-n_frames // chunk) + (first < chunk)
+
+
 def vocode_chunk(logmel: torch.Tensor, index: int, cfg: MelConfig = MelConfig(), chunk: int = 32,
-                 context: int = 8, n_iter: int = 32) -> torch.Tensor:
-    """Waveform (B, <= chunk * hop) of frames [index*chunk, (index+1)*chunk) of log-mel (B, n_mels, F).
+                 context: int = 8, n_iter: int = 32, first: int | None = None) -> torch.Tensor:
+    """Waveform (B, <= span * hop) of the frames of :func:`chunk_span` ``index`` of log-mel (B, n_mels, F).
 
     Griffin-Lim runs on those frames plus up to ``context`` frames each side, so the piece depends
-    only on frames < (index+1)*chunk + context: a streaming caller may vocode it as soon as they exist.
+    only on frames < end + context: a streaming caller may vocode it as soon as they exist.
     """
     f_total, hop = logmel.shape[-1], cfg.hop_length
-    start = index * chunk
-    end = min(f_total, start + chunk)
+    start, end = chunk_span(index, chunk, first)
+    end = min(f_total, end)
     lo, hi = max(0, start - context), min(f_total, end + context)
     wav = griffin_lim(logmel[..., lo:hi], cfg, n_iter)  # (B, (hi - lo) * hop)
     return wav[:, (start - lo) * hop:(end - lo) * hop].clamp(-1, 1)
 
 
 def griffin_lim_chunks(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), chunk: int = 32, context: int = 8,
-                       n_iter: int = 32):
+                       n_iter: int = 32, first: int | None = None):
     """Yield :func:`vocode_chunk` pieces 0, 1, ... covering log-mel (B, n_mels, F); they concatenate to :func:`vocode`."""
-    for i in range((logmel.shape[-1] + chunk - 1) // chunk):
-        yield vocode_chunk(logmel, i, cfg, chunk, context, n_iter)
+    for i in range(num_chunks(logmel.shape[-1], chunk, first)):
+        yield vocode_chunk(logmel, i, cfg, chunk, context, n_iter, first)
 
 
 def vocode(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), chunk: int = 32, context: int = 8,
-           n_iter: int = 32) -> torch.Tensor:
+           n_iter: int = 32, first: int | None = None) -> torch.Tensor:
     """log-mel (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1]: the concatenated chunks."""
-    return torch.cat(list(griffin_lim_chunks(logmel, cfg, chunk, context, n_iter)), dim=-1)
+    return torch.cat(list(griffin_lim_chunks(logmel, cfg, chunk, context, n_iter, first)), dim=-1)

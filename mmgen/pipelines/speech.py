@@ -19,11 +19,13 @@ from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 
 from ..audio.codec import MelRVQCodec
 from ..audio.corpus import ALPHABET, check_text
-from ..audio.features import vocode, vocode_chunk
+from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
 
-VOCODER_CHUNK, VOCODER_CONTEXT = 32, 8  # frames per streamed audio chunk (0.512 s) and look-ahead
+# frames per streamed audio chunk (0.512 s), look-ahead, and the shorter first chunk (0.128 s) that lets
+# the first audio out after 8 + 8 + codec radius frames instead of 32 + 8 + radius
+VOCODER_CHUNK, VOCODER_CONTEXT, VOCODER_FIRST = 32, 8, 8
 
 
 @dataclass
@@ -38,7 +40,7 @@ class SpeechPipelineOutput(AudioPipelineOutput):
 
 def first_chunk_frames(codec: MelRVQCodec, index: int = 0) -> int:
     """Complete codec frames needed before streamed chunk ``index`` is final (chunk + look-ahead + decoder radius)."""
-    return (index + 1) * VOCODER_CHUNK + VOCODER_CONTEXT + codec.receptive_radius
+    return chunk_span(index, VOCODER_CHUNK, VOCODER_FIRST)[1] + VOCODER_CONTEXT + codec.receptive_radius
 
 
 def text_to_ids(texts: list[str], max_chars: int) -> torch.Tensor:
@@ -103,7 +105,8 @@ class SpeechPipeline(DiffusionPipeline):
         gen = self.transformer.generate(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
                                         max_frames=max_frames, min_frames=min_frames, generator=generator)
         waves = [vocode(self.codec.decode_mel(c[None]), self.codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT,
-                        self.codec.config.griffin_lim_iters)[0] if c.shape[1] else torch.zeros(0) for c in gen.codes]
+                        self.codec.config.griffin_lim_iters, VOCODER_FIRST)[0] if c.shape[1] else torch.zeros(0)
+                 for c in gen.codes]
         stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
                             tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=time.perf_counter() - t0,
                             accepted_lengths=gen.steps_per_forward)
@@ -123,7 +126,8 @@ class SpeechPipeline(DiffusionPipeline):
         """Stream one utterance: iterate the returned :class:`SpeechStream` for float32 audio chunks (np, 16 kHz)
         as soon as their frames are generated; afterwards it holds the ``stats``.
 
-        Chunk i covers codec frames [32 i, 32 i + 32) and needs 8 frames of look-ahead; the chunks
+        Chunk 0 covers codec frames [0, 8), chunk 1 [8, 32), chunk i >= 2 [32 (i - 1), 32 i); each needs 8
+        frames of look-ahead (``mmgen.audio.features.chunk_span``); the chunks
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
         if not isinstance(text, str):
@@ -144,14 +148,16 @@ class SpeechPipeline(DiffusionPipeline):
             # chunk i is final once its look-ahead frames exist and their mel no longer depends on missing codes
             while codes.shape[1] and first_chunk_frames(codec, emitted) <= codes.shape[1]:
                 mel = codec.decode_mel(codes[None])
-                yield vocode_chunk(mel, emitted, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()
+                yield vocode_chunk(mel, emitted, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter,
+                                   VOCODER_FIRST)[0].cpu().numpy()
                 emitted += 1
         codes = tr.undelay(torch.cat(grid))
         if codes.shape[1] == 0:
             return
         mel = codec.decode_mel(codes[None])
-        for i in range(emitted, (codes.shape[1] + VOCODER_CHUNK - 1) // VOCODER_CHUNK):
-            yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter)[0].cpu().numpy()
+        for i in range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST)):
+            yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter,
+                               VOCODER_FIRST)[0].cpu().numpy()
 
 
 class SpeechStream:

@@ -41,7 +41,8 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     def __init__(self, image_size: int = 64, channels: tuple = (16, 64, 128), width: int = 128,
                  encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
-                 dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None):
+                 dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None,
+                 latent_init_std: float = 1.0):
         super().__init__()
         patch_size = 2 ** len(channels)
         if image_size % patch_size:
@@ -50,7 +51,10 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         g = self.grid ** 2
         self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)
         self.enc_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
-        self.latents = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
+        # latent queries start far apart (std ``latent_init_std``, norm ~ std * sqrt(width)): with TiTok-like tiny
+        # values (0.02) the patch features' attention output dominated every latent's residual stream, the K tokens
+        # of an image came out nearly identical (cosine 0.996) and only the first one carried information
+        self.latents = nn.Parameter(torch.randn(1, num_latent_tokens, width) * latent_init_std)
         self.latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
         self.encoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(encoder_depth))
         self.enc_norm = nn.LayerNorm(width)
