@@ -242,3 +242,56 @@ def test_ctc_semantic_tokenizer_shapes_and_greedy_ctc_collapse():
     dual = DualSpeechTokenizer(tok, tiny_codec())
     s, a = dual.encode(torch.randn(16000) * 0.1)
     assert s.shape == (1, 31) and a.shape == (1, 3, 63)
+
+
+@pytest.fixture(scope="module")
+def dual_pipe():
+    from mmgen.audio.dual import CTCSpeechTokenizer
+    from mmgen.pipelines import DualTokenSpeechPipeline
+
+    torch.manual_seed(0)
+    ctc = CTCSpeechTokenizer(hidden=32, codebook_dim=8, codebook_size=K).train()
+    ctc(torch.randn(4, 80, 40))  # k-means init of its codebook
+    torch.manual_seed(0)
+    tr = SpeechTransformer(text_vocab_size=K + 1, voices=VOICES, num_quantizers=2, codebook_size=K, dim=32,
+                           n_layers=2, n_heads=2, mctp=3, max_frames=120, max_text_len=64, input_kind="semantic")
+    return DualTokenSpeechPipeline(transformer=tr.eval(), codec=tiny_codec(), semantic_tokenizer=ctc.eval())
+
+
+def test_dual_token_pipeline_feeds_semantic_tokens(dual_pipe):
+    """The prefix is the source's semantic tokens + 1 (left-padded); outputs, MCTP and streaming as the TTS."""
+    from mmgen.pipelines.speech import semantic_to_ids
+
+    wave = np.sin(np.linspace(0, 800, 12000)).astype(np.float32) * 0.3
+    sem = dual_pipe.semantic_tokenizer.encode(torch.from_numpy(wave))[0]  # (T',)
+    ids = dual_pipe._prefix_ids([wave, wave[:4000]])
+    assert torch.equal(ids[0], sem + 1) and ids.shape == (2, len(sem))
+    short = dual_pipe.semantic_tokenizer.encode(torch.from_numpy(wave[:4000]))[0]
+    assert torch.equal(ids[1, -len(short):], short + 1) and (ids[1, :-len(short)] == 0).all()
+    assert torch.equal(semantic_to_ids([sem], 64), (sem + 1)[None])
+    kw = dict(voice=VOICES[1], min_seconds=1.0, max_seconds=1.2)
+    whole = dual_pipe(wave, mctp=3, **kw)
+    assert whole.stats.forward_passes == -(-whole.stats.tokens // 3)
+    chunks = list(dual_pipe.stream(wave, mctp=3, **kw))
+    np.testing.assert_allclose(np.concatenate(chunks), whole.audios[0, 0, :whole.lengths[0]], atol=1e-5)
+    # k = 1 is plain AR over the same prefix: one backbone forward per step
+    ar = dual_pipe(wave, mctp=1, **kw)
+    assert ar.stats.forward_passes == ar.stats.tokens
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p: p("the red dog"), "waveform"),
+    (lambda p: p([]), "non-empty"),
+    (lambda p: p(np.zeros(8000, np.float32), sample_rate=22050), "sample_rate must be 16000"),
+    (lambda p: p(np.zeros(16000 * 3, np.float32)), "too long"),
+    (lambda p: p.stream([np.zeros(8000, np.float32)]), "single waveform"),
+    (lambda p: p(np.zeros(8000, np.float32), voice="robot"), "voice must be one of"),
+])
+def test_dual_token_pipeline_bad_input(dual_pipe, call, match):
+    with pytest.raises(ValueError, match=match):
+        call(dual_pipe)
+
+
+def test_text_pipeline_refuses_a_semantic_model(dual_pipe):
+    with pytest.raises(ValueError, match="DualTokenSpeechPipeline"):
+        SpeechPipeline(transformer=dual_pipe.transformer, codec=dual_pipe.codec)("a cat")

@@ -7,7 +7,7 @@ import torch
 
 from mmgen.audio import MelRVQCodec, build_corpus
 from mmgen.audio.dual import CTCSpeechTokenizer
-from mmgen.pipelines import SpeechPipeline
+from mmgen.pipelines import DualTokenSpeechPipeline, SpeechPipeline
 from mmgen.train import train_ctc_tokenizer, train_speech_tokenizers, train_tts
 
 
@@ -40,6 +40,20 @@ def test_speech_trainers_run_resume_and_export(corpus, tmp_path):
                               "--steps", "2", "--batch", "2", "--threads", "1"])
     tokens = CTCSpeechTokenizer.from_pretrained(ctc).encode(torch.zeros(16000))
     assert tokens.shape == (1, 31)
+
+    # the dual-token model: CTC semantic tokens of each utterance in, its codec tokens out
+    dual = tmp_path / "dual"
+    train_tts.main(["--corpus", str(corpus), "--tokenizers", str(tok), "--out", str(dual), "--work",
+                    str(tmp_path / "work_dual"), "--levels", "1", "--mctp", "2", "--dim", "32", "--layers", "1",
+                    "--heads", "2", "--steps", "2", "--batch", "2", "--threads", "1", "--input", "semantic",
+                    "--semantic-tokenizer", str(ctc)])
+    pipe = DualTokenSpeechPipeline.from_pretrained(dual)
+    cfg = pipe.transformer.config
+    assert cfg.input_kind == "semantic" and cfg.text_vocab_size == pipe.semantic_tokenizer.codebook_size + 1
+    res = pipe(torch.zeros(8000).numpy(), voice=pipe.voices[-1], max_seconds=0.2, mctp=2)
+    assert res.stats.forward_passes >= 1 and res.audios.shape[0] == 1
+    with pytest.raises(ValueError, match="DualTokenSpeechPipeline"):
+        SpeechPipeline.from_pretrained(dual)("a cat")
 
 
 def test_train_tts_rejects_bad_levels(corpus, tmp_path):

@@ -18,6 +18,10 @@ Deviations from VITA-Audio: the module block is a feed-forward block without sel
 module needs no KV cache of its own); modules are trained jointly with the backbone
 (loss = CE_main + w * mean_i CE_i) instead of in frozen-backbone stages.
 
+Dual tokens (DualSpeechLM idea): with ``input_kind="semantic"`` the prefix holds the text-aligned
+semantic tokens of a source utterance instead of characters, and the model outputs acoustic tokens
+in the requested voice (:class:`~mmgen.pipelines.speech.DualTokenSpeechPipeline`).
+
 Generator contract for speech: ``prefill(text_ids, voices) -> SpeechState`` and
 ``forward_step(state, step_tokens (B, T, M)) -> hidden (B, T, d)``; ``generate`` and
 ``generate_stream`` drive them (see :meth:`generate`).
@@ -37,6 +41,9 @@ from .ar_transformer import Block, RMSNorm, ffn_hidden
 from .rope import rope_1d_table
 
 TEXT_PAD = 0
+# what the prefix ids are: "text" = characters (ALPHABET index + 1); "semantic" = CTC semantic speech
+# tokens + 1 (:class:`~mmgen.audio.dual.CTCSpeechTokenizer`, the dual-token model); 0 pads either
+INPUT_KINDS = ("text", "semantic")
 
 
 class MCTPModule(nn.Module):
@@ -85,10 +92,12 @@ class SpeechTransformer(ModelMixin, ConfigMixin):
     def __init__(self, text_vocab_size: int = 29, voices: tuple = ("en-us+f2",), num_quantizers: int = 2,
                  codebook_size: int = 256, dim: int = 192, n_layers: int = 4, n_heads: int = 4,
                  max_text_len: int = 200, max_frames: int = 600, mctp: int = 4, dropout: float = 0.0,
-                 norm_eps: float = 1e-5, rope_base: float = 10000.0):
+                 norm_eps: float = 1e-5, rope_base: float = 10000.0, input_kind: str = "text"):
         super().__init__()
         if mctp < 1:
             raise ValueError(f"mctp must be >= 1, got {mctp}")
+        if input_kind not in INPUT_KINDS:
+            raise ValueError(f"input_kind must be one of {INPUT_KINDS}, got {input_kind!r}")
         v = codebook_size + 2
         self.text_emb = nn.Embedding(text_vocab_size, dim)
         self.voice_emb = nn.Embedding(len(voices), dim)

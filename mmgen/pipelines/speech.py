@@ -5,6 +5,10 @@
     out.audios        # (B, 1, T) float32 at 16 kHz, zero-padded; out.lengths gives each row's length
     for chunk in pipe.stream("the red dog follows a cat"):   # streaming: audio as tokens arrive
         ...
+
+Dual tokens (DualSpeechLM idea): :class:`DualTokenSpeechPipeline` takes speech instead of text; its
+CTC semantic tokens are the model's input and acoustic codec tokens its output, in the requested voice
+(resynthesis or voice conversion): ``DualTokenSpeechPipeline.from_pretrained("assets/dual-speech")(wave, voice=...)``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from diffusers import DiffusionPipeline
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 
 from ..audio.codec import MelRVQCodec
+from ..audio.dual import CTCSpeechTokenizer
 from ..audio.corpus import ALPHABET, check_text
 from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats
@@ -53,6 +58,20 @@ def text_to_ids(texts: list[str], max_chars: int) -> torch.Tensor:
     return ids
 
 
+def semantic_to_ids(tokens: list, max_len: int) -> torch.Tensor:
+    """Semantic token rows (T'_i,) -> (B, T) long prefix ids (token + 1), left-padded with TEXT_PAD."""
+    rows = [torch.as_tensor(t).long().flatten() for t in tokens]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise ValueError("every input utterance must give at least one semantic token (about 32 ms of audio)")
+    if max(len(r) for r in rows) > max_len:
+        raise ValueError(f"input audio is too long: {max(len(r) for r in rows)} semantic tokens, at most {max_len}")
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), TEXT_PAD, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = r + 1
+    return ids
+
+
 class SpeechPipeline(DiffusionPipeline):
     """Components: ``transformer`` (:class:`SpeechTransformer`) and ``codec`` (:class:`MelRVQCodec`)."""
 
@@ -70,13 +89,20 @@ class SpeechPipeline(DiffusionPipeline):
     def voices(self) -> list[str]:
         return list(self.transformer.config.voices)
 
-    def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0):
+    def _prefix_ids(self, text) -> torch.Tensor:
+        """The model's prefix ids (B, T) for ``text`` (a string or list of strings)."""
+        if self.transformer.config.input_kind != "text":
+            raise ValueError(f"this model takes {self.transformer.config.input_kind} tokens, not text: "
+                             "load it with DualTokenSpeechPipeline")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts:
             raise ValueError("text must be a non-empty string or list of strings")
-        ids = text_to_ids(texts, self.transformer.config.max_text_len)
+        return text_to_ids(texts, self.transformer.config.max_text_len)
+
+    def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0):
+        ids = self._prefix_ids(text)
         voice = voice or self.voices[0]
-        vid = torch.full((len(texts),), self.transformer.voice_index(voice), dtype=torch.long)
+        vid = torch.full((ids.shape[0],), self.transformer.voice_index(voice), dtype=torch.long)
         k_max = self.transformer.config.mctp
         if mctp is not None and not (isinstance(mctp, int) and 1 <= mctp <= k_max):
             raise ValueError(f"mctp must be an integer in [1, {k_max}], got {mctp!r}")
@@ -130,10 +156,14 @@ class SpeechPipeline(DiffusionPipeline):
         frames of look-ahead (``mmgen.audio.features.chunk_span``); the chunks
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
-        if not isinstance(text, str):
-            raise ValueError("text must be a single string for streaming")
+        self._check_single(text)
         inputs = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
         return SpeechStream(self, inputs, dict(mctp=mctp, temperature=temperature, top_k=top_k, generator=generator))
+
+    @staticmethod
+    def _check_single(text) -> None:
+        if not isinstance(text, str):
+            raise ValueError("text must be a single string for streaming")
 
     @torch.no_grad()
     def _stream_chunks(self, inputs, opts: dict, record: "SpeechStream"):
@@ -158,6 +188,52 @@ class SpeechPipeline(DiffusionPipeline):
         for i in range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST)):
             yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter,
                                VOCODER_FIRST)[0].cpu().numpy()
+
+
+class DualTokenSpeechPipeline(SpeechPipeline):
+    """Speech in, speech out (DualSpeechLM idea, arXiv 2508.08961): the source's text-aligned semantic tokens
+    (``semantic_tokenizer``, a :class:`~mmgen.audio.dual.CTCSpeechTokenizer`) are the transformer's input and
+    acoustic codec tokens its output, in ``voice`` (the source's voice: resynthesis; another one: voice
+    conversion). Same MCTP, streaming and stats as :class:`SpeechPipeline`; ``text`` is replaced by ``audio``:
+    a 16 kHz waveform (T,) or a list of them (np or torch).
+
+    Simplified from DualSpeechLM: no LLM and no understanding tasks beyond CTC (the tokenizer's training
+    objective); the model is trained on (semantic tokens, codec tokens) of the same utterance."""
+
+    def __init__(self, transformer: SpeechTransformer, codec: MelRVQCodec, semantic_tokenizer: CTCSpeechTokenizer):
+        DiffusionPipeline.__init__(self)
+        self.register_modules(transformer=transformer, codec=codec, semantic_tokenizer=semantic_tokenizer)
+
+    def _prefix_ids(self, audio) -> torch.Tensor:
+        if self.transformer.config.input_kind != "semantic":
+            raise ValueError("this model takes text: load it with SpeechPipeline")
+        if isinstance(audio, str):
+            raise ValueError("audio must be a 16 kHz waveform (T,) or a list of them, got a string")
+        waves = list(audio) if isinstance(audio, (list, tuple)) else [audio]
+        if not waves:
+            raise ValueError("audio must be a non-empty waveform or list of waveforms")
+        tokens = [self.semantic_tokenizer.encode(torch.as_tensor(np.asarray(w), dtype=torch.float32))[0] for w in waves]
+        return semantic_to_ids(tokens, self.transformer.config.max_text_len)
+
+    def _check_rate(self, sample_rate: int) -> None:
+        if sample_rate != self.sample_rate:
+            raise ValueError(f"sample_rate must be {self.sample_rate} (resample the input first), got {sample_rate}")
+
+    @staticmethod
+    def _check_single(audio) -> None:
+        if isinstance(audio, (list, tuple)):
+            raise ValueError("audio must be a single waveform for streaming")
+
+    @torch.no_grad()
+    def __call__(self, audio, voice: str | None = None, sample_rate: int = 16000, **kwargs):
+        """Resynthesise ``audio`` in ``voice``; other arguments as :meth:`SpeechPipeline.__call__`."""
+        self._check_rate(sample_rate)
+        return super().__call__(audio, voice=voice, **kwargs)
+
+    def stream(self, audio, voice: str | None = None, sample_rate: int = 16000, **kwargs) -> "SpeechStream":
+        """Stream one utterance (see :meth:`SpeechPipeline.stream`)."""
+        self._check_rate(sample_rate)
+        return super().stream(audio, voice=voice, **kwargs)
 
 
 class SpeechStream:

@@ -7,6 +7,11 @@ Loss = CE(backbone) + ``--mctp-weight`` * mean_i CE(MCTP module i), on every lev
 of the delayed grid except the forced PAD slots; the modules train jointly with the backbone
 (VITA-Audio trains them in frozen-backbone stages; see ``mmgen/models/speech_transformer.py``).
 Single process (accelerate), resumable from ``--work``.
+
+``--input semantic --semantic-tokenizer assets/speech-ctc`` trains the dual-token model instead
+(DualSpeechLM idea): the prefix is the CTC semantic tokens of the same utterance, the output its codec
+tokens; the export is a :class:`~mmgen.pipelines.speech.DualTokenSpeechPipeline` (speech in, speech out
+in a chosen voice).
 """
 
 from __future__ import annotations
@@ -25,25 +30,33 @@ from tqdm import tqdm
 
 from ..audio.codec import MelRVQCodec
 from ..audio.corpus import ALPHABET, VOICES, load_corpus
+from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
-from ..pipelines.speech import SpeechPipeline, text_to_ids
+from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
 from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 @torch.no_grad()
-def corpus_codes(codec: MelRVQCodec, corpus: str, levels: int) -> list[dict]:
+def corpus_codes(codec: MelRVQCodec, corpus: str, levels: int, semantic: CTCSpeechTokenizer | None = None) -> list[dict]:
+    """Training items: text, voice, codec codes (M, F) and, with ``semantic``, its tokens (T',)."""
     items = []
     for r in load_corpus(corpus, "train"):
-        codes = codec.encode_mel(log_mel(torch.from_numpy(r["audio"])[None], codec.mel_cfg))[0, :levels]
-        items.append(dict(text=r["text"], voice=r["voice"], codes=codes))  # codes (M, F)
+        audio = torch.from_numpy(r["audio"])
+        codes = codec.encode_mel(log_mel(audio[None], codec.mel_cfg))[0, :levels]
+        item = dict(text=r["text"], voice=r["voice"], codes=codes)  # codes (M, F)
+        if semantic is not None:
+            item["semantic"] = semantic.encode(audio)[0]  # (T',)
+        items.append(item)
     return items
 
 
 def make_batch(model: SpeechTransformer, items: list[dict], idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """-> text ids (B, Tt), voices (B,), delayed grids (B, S, M) END-padded, valid mask (B, S, M)."""
-    texts = [items[i]["text"] for i in idx]
-    ids = text_to_ids(texts, model.config.max_text_len)
+    if model.config.input_kind == "semantic":
+        ids = semantic_to_ids([items[i]["semantic"] for i in idx], model.config.max_text_len)
+    else:
+        ids = text_to_ids([items[i]["text"] for i in idx], model.config.max_text_len)
     voices = torch.tensor([model.voice_index(items[i]["voice"]) for i in idx])
     grids = [model.delay(items[i]["codes"]) for i in idx]
     s = max(g.shape[0] for g in grids)
@@ -72,6 +85,9 @@ def main(argv=None):
     ap.add_argument("--out", default="assets/tts")
     ap.add_argument("--work", default="runs/train_tts")
     ap.add_argument("--levels", type=int, default=2, help="codec RVQ levels the generator models")
+    ap.add_argument("--input", choices=("text", "semantic"), default="text",
+                    help="prefix: characters (TTS) or CTC semantic tokens of the utterance (dual-token model)")
+    ap.add_argument("--semantic-tokenizer", default="assets/speech-ctc", help="CTC tokenizer folder for --input semantic")
     ap.add_argument("--mctp", type=int, default=4, help="tokens per backbone forward at most (modules = mctp - 1)")
     ap.add_argument("--mctp-weight", type=float, default=1.0)
     ap.add_argument("--dim", type=int, default=192)
@@ -93,10 +109,14 @@ def main(argv=None):
     if not 1 <= args.levels <= codec.num_quantizers:
         raise ValueError(f"--levels must be in [1, {codec.num_quantizers}], got {args.levels}")
     t0 = time.time()
-    items = corpus_codes(codec, args.corpus, args.levels)
-    model = SpeechTransformer(text_vocab_size=len(ALPHABET) + 1, voices=tuple(VOICES), num_quantizers=args.levels,
-                              codebook_size=codec.codebook_size, dim=args.dim, n_layers=args.layers,
-                              n_heads=args.heads, mctp=args.mctp, dropout=0.1)
+    semantic = CTCSpeechTokenizer.from_pretrained(args.semantic_tokenizer).eval() if args.input == "semantic" else None
+    items = corpus_codes(codec, args.corpus, args.levels, semantic)
+    prefix = dict(text_vocab_size=len(ALPHABET) + 1) if semantic is None else dict(
+        text_vocab_size=semantic.codebook_size + 1, input_kind="semantic",
+        max_text_len=max(len(it["semantic"]) for it in items) + 32)
+    model = SpeechTransformer(voices=tuple(VOICES), num_quantizers=args.levels, codebook_size=codec.codebook_size,
+                              dim=args.dim, n_layers=args.layers, n_heads=args.heads, mctp=args.mctp, dropout=0.1,
+                              **prefix)
     model, opt, step = resume_or_start(work, "transformer", model, lambda m: torch.optim.AdamW(
         m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01))
     model, opt = acc.prepare(model, opt)
@@ -124,7 +144,10 @@ def main(argv=None):
                 threads=torch.get_num_threads(), command=cmd)
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
-            SpeechPipeline(transformer=model, codec=codec).save_pretrained(tmp)
+            if semantic is None:
+                SpeechPipeline(transformer=model, codec=codec).save_pretrained(tmp)
+            else:
+                DualTokenSpeechPipeline(transformer=model, codec=codec, semantic_tokenizer=semantic).save_pretrained(tmp)
             (tmp / "training.json").write_text(json.dumps(info, indent=2))
         print(json.dumps(info, indent=2))
 
