@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -138,8 +139,7 @@ def main(argv=None):
     info = {"model": str(args.model), "steps": step + 1, "batch": args.batch, "num_samples": len(tokens),
             "guidance": args.guidance, "final": log[-1] if log else None, "self_distill_seconds": round(t_data, 1),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
-            "command": f"python -m mmgen.train.train_drafter --model {args.model} --out {args.out} "
-                       f"--num-samples {args.num_samples} --max-minutes {args.max_minutes} --threads {args.threads}"}
+            "command": "python -m mmgen.train.train_drafter " + " ".join(argv if argv is not None else sys.argv[1:])}
     (out / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
