@@ -42,7 +42,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
                  dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None,
-                 latent_init_std: float = 1.0):
+                 latent_init_std: float = 0.02):
         super().__init__()
         patch_size = 2 ** len(channels)
         if image_size % patch_size:
@@ -51,9 +51,9 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         g = self.grid ** 2
         self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)
         self.enc_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
-        # latent queries start far apart (std ``latent_init_std``, norm ~ std * sqrt(width)): with TiTok-like tiny
-        # values (0.02) the patch features' attention output dominated every latent's residual stream, the K tokens
-        # of an image came out nearly identical (cosine 0.996) and only the first one carried information
+        # latent queries: std ``latent_init_std``. With 0.02 (shipped) the patch features' attention output dominates
+        # every latent's residual stream and the K tokens of an image come out nearly identical (cosine 0.996);
+        # starting them apart (1.0) did not help: they re-collapsed by step 500 (docs/BENCHMARKS.md)
         self.latents = nn.Parameter(torch.randn(1, num_latent_tokens, width) * latent_init_std)
         self.latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
         self.encoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(encoder_depth))
