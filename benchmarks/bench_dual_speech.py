@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmgen.audio import default_judge, load_corpus, mel_cepstral_distortion  # noqa: E402
+from mmgen.audio import default_judge, load_corpus  # noqa: E402
 from mmgen.audio.corpus import TEST_SPEED, TEST_VOICE, synthesize  # noqa: E402
 from mmgen.pipelines import DualTokenSpeechPipeline  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
@@ -62,12 +62,11 @@ def main(argv=None):
                 passes += o.stats.forward_passes
                 secs += o.lengths[0] / 16000
             wall = time.perf_counter() - t0
-            res = judge.wer(refs, outs, 16000)
-            mcd = float(np.mean([mel_cepstral_distortion(r, g) for r, g in zip(target, outs)]))
+            res = judge.score(refs, target, outs, num_hyps=3)
             dur = float(np.mean([len(g) / len(s) for g, s in zip(outs, src)]))
             rows.append(dict(system=f"dual-token model -> {voice}" + (" (resynthesis)" if voice == TEST_VOICE
                                                                        else " (conversion)"),
-                             voice=voice, mctp=k, wer=round(res["wer"], 4), mcd=round(mcd, 3),
+                             voice=voice, mctp=k, wer=res["wer"], mcd=res["mcd"],
                              duration_ratio_vs_source=round(dur, 3),
                              forwards_per_audio_second=round(passes / secs, 2), rtf=round(wall / secs, 3),
                              hyps=res["hyps"][:3]))

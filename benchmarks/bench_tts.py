@@ -26,16 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus, mel_cepstral_distortion  # noqa: E402
+from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus  # noqa: E402
 from mmgen.audio.corpus import TEST_VOICE  # noqa: E402
 from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, text_to_ids  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
-
-
-def quality(judge, refs, ref_audio, audios) -> dict:
-    w = judge.wer(refs, audios, 16000)
-    mcd = [mel_cepstral_distortion(r, a) for r, a in zip(ref_audio, audios)]
-    return dict(wer=round(w["wer"], 4), mcd=round(float(np.mean(mcd)), 3), hyps=w["hyps"][:4])
 
 
 def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
@@ -89,9 +83,9 @@ def main(argv=None):
     ref_audio = [r["audio"] for r in test]
     rows = []
 
-    rows.append(dict(system="eSpeak NG (ground truth)", **quality(judge, refs, ref_audio, ref_audio)))
+    rows.append(dict(system="eSpeak NG (ground truth)", **judge.score(refs, ref_audio, ref_audio)))
     shifted = ref_audio[1:] + ref_audio[:1]
-    rows.append(dict(system="negative control: wrong sentence", **quality(judge, refs, ref_audio, shifted)))
+    rows.append(dict(system="negative control: wrong sentence", **judge.score(refs, ref_audio, shifted)))
     codec = MelRVQCodec.from_pretrained(Path(args.tokenizers) / "codec").eval()
     sem = KMeansSpeechTokenizer.from_pretrained(Path(args.tokenizers) / "semantic").eval()
     pipe = SpeechPipeline.from_pretrained(args.model)
@@ -99,10 +93,10 @@ def main(argv=None):
     for m in sorted({levels, codec.num_quantizers}):
         res = [codec.decode(codec.encode(a)[:, :m])[0].numpy() for a in ref_audio]
         rows.append(dict(system=f"codec resynthesis, {m} of {codec.num_quantizers} levels "
-                                f"({codec.bitrate(m):.0f} bps)", **quality(judge, refs, ref_audio, res)))
+                                f"({codec.bitrate(m):.0f} bps)", **judge.score(refs, ref_audio, res)))
     res = [sem.decode(sem.encode(a))[0].numpy() for a in ref_audio]
     rows.append(dict(system=f"k-means semantic resynthesis ({sem.bitrate():.0f} bps)",
-                     **quality(judge, refs, ref_audio, res)))
+                     **judge.score(refs, ref_audio, res)))
 
     timing: dict[int, list] = {k: [] for k in args.mctp}
     tts = {}
@@ -112,7 +106,7 @@ def main(argv=None):
             audios, row = tts_row(pipe, refs, k)
             timing[k].append(row["wall_s"])
             if k not in tts:
-                q = quality(judge, refs, ref_audio, audios)
+                q = judge.score(refs, ref_audio, audios)
                 dur = float(np.mean([len(a) / len(r) for a, r in zip(audios, ref_audio)]))
                 tts[k] = dict(system=f"TTS mctp={k}", **q, duration_ratio=round(dur, 3), **row)
     base = statistics.median(timing[min(args.mctp)])

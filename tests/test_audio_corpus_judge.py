@@ -166,6 +166,18 @@ def test_wer_clean_low_and_negative_controls_high(judge, clean8):
 
 
 @needs_judge
+def test_score_pairs_wer_with_mcd(judge, clean8):
+    refs = list(TEST_SENTENCES[:4])
+    same = judge.score(refs, clean8[:4], clean8[:4], num_hyps=2)
+    assert same["mcd"] == 0.0 and same["wer"] == pytest.approx(judge.wer(refs, clean8[:4], 16000)["wer"], abs=1e-4)
+    assert len(same["hyps"]) == 2
+    other = judge.score(refs, clean8[:4], [synthesize(s, "en-us+f4", 165) for s in refs])
+    assert other["mcd"] > 1.0  # another voice of the same text is measurably different
+    with pytest.raises(ValueError, match="ref_audios and audios"):
+        judge.score(refs, clean8[:3], clean8[:4])
+
+
+@needs_judge
 def test_transcribe_requires_16khz(judge, clean8):
     with pytest.raises(ValueError, match="sample_rate must be 16000"):
         judge.transcribe(clean8[0], 22050)

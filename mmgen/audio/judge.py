@@ -106,6 +106,16 @@ class SpeechJudge:
         return {"wer": word_error_rate(refs, hyps), "hyps": hyps,
                 "num_words": sum(len(r.split()) for r in refs)}
 
+    def score(self, refs: Sequence[str], ref_audios: Sequence[np.ndarray], audios: Sequence[np.ndarray],
+              sample_rate: int = 16000, num_hyps: int = 4) -> dict:
+        """WER against ``refs`` and mean MCD against ``ref_audios`` (eSpeak's rendering of the same text)
+        -> ``{"wer", "mcd", "hyps"}`` (rounded; the first ``num_hyps`` transcripts kept for reports)."""
+        if len(ref_audios) != len(audios):
+            raise ValueError(f"ref_audios and audios must have equal length, got {len(ref_audios)} and {len(audios)}")
+        w = self.wer(refs, audios, sample_rate)
+        mcd = [mel_cepstral_distortion(r, a, sample_rate) for r, a in zip(ref_audios, audios)]
+        return {"wer": round(w["wer"], 4), "mcd": round(float(np.mean(mcd)), 3), "hyps": w["hyps"][:num_hyps]}
+
 
 def word_error_rate(refs: Sequence[str], hyps: Sequence[str]) -> float:
     """Corpus WER (S + D + I) / N via jiwer, lowercase; an empty hypothesis = all its words deleted."""
