@@ -170,8 +170,10 @@ def test_vocoder_chunk_schedule():
             spans = [chunk_span(i, 32, first) for i in range(num_chunks(n, 32, first))]
             covered = [f for a, b in spans for f in range(a, min(b, n))]
             assert covered == list(range(n)) and all(a < n for a, _ in spans)
-    with pytest.raises(ValueError, match="first must be in"):
-        chunk_span(0, 32, 0)
+    for bad, match in [(lambda: chunk_span(0, 32, 0), "first must be in"), (lambda: num_chunks(5, 32, 0), "first must be in"),
+                       (lambda: num_chunks(5, 0), "chunk must be >= 1"), (lambda: chunk_span(-1, 32, 8), "index must be >= 0")]:
+        with pytest.raises(ValueError, match=match):
+            bad()
 
 
 def test_first_chunk_needs_fewer_frames(pipe):
@@ -279,17 +281,68 @@ def test_dual_token_pipeline_feeds_semantic_tokens(dual_pipe):
     assert ar.stats.forward_passes == ar.stats.tokens
 
 
-@pytest.mark.parametrize("call,match", [
-    (lambda p: p("the red dog"), "waveform"),
-    (lambda p: p([]), "non-empty"),
-    (lambda p: p(np.zeros(8000, np.float32), sample_rate=22050), "sample_rate must be 16000"),
-    (lambda p: p(np.zeros(16000 * 3, np.float32)), "too long"),
-    (lambda p: p.stream([np.zeros(8000, np.float32)]), "single waveform"),
-    (lambda p: p(np.zeros(8000, np.float32), voice="robot"), "voice must be one of"),
+@pytest.mark.parametrize("entry", ["__call__", "stream"])
+@pytest.mark.parametrize("args,kwargs,match", [
+    (("the red dog",), {}, "waveform"),
+    ((np.zeros(8000, np.float32),), {"sample_rate": 22050}, "sample_rate must be 16000"),
+    ((np.zeros(16000 * 3, np.float32),), {}, r"audio must be at most 2\.05 s \(64 semantic tokens\), got 3\.00 s"),
+    ((np.zeros((2, 8000), np.float32),), {}, r"1-D waveform .* got shape \(2, 8000\)"),
+    ((np.zeros(0, np.float32),), {}, "at least 1024 samples"),
+    ((np.zeros(500, np.float32),), {}, "at least 1024 samples"),
+    ((np.full(8000, np.nan, np.float32),), {}, "NaN or inf"),
+    ((np.zeros(8000, np.float32),), {"voice": "robot"}, "voice must be one of"),
 ])
-def test_dual_token_pipeline_bad_input(dual_pipe, call, match):
+def test_dual_token_pipeline_bad_input(dual_pipe, entry, args, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        getattr(dual_pipe, entry)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda p: p([]), "non-empty"),
+    (lambda p: p.stream([np.zeros(8000, np.float32)]), "single waveform"),
+])
+def test_dual_token_pipeline_bad_batch(dual_pipe, call, match):
     with pytest.raises(ValueError, match=match):
         call(dual_pipe)
+
+
+def test_dual_token_batch_rows_equal_single_runs(dual_pipe):
+    """A batch of two waveforms of different lengths: each row equals its batch-1 result (greedy)."""
+    waves = [np.sin(np.linspace(0, 800, 12000)).astype(np.float32) * 0.3,
+             np.sin(np.linspace(0, 300, 7000)).astype(np.float32) * 0.3]
+    kw = dict(voice=VOICES[0], max_seconds=0.6, mctp=2)
+    both = dual_pipe(waves, **kw)
+    for i, w in enumerate(waves):
+        one = dual_pipe(w, **kw)
+        assert torch.equal(both.codes[i], one.codes[0])
+
+
+def test_semantic_encode_never_changes_the_tokenizer():
+    """encode() is inference even on a module left in train mode: the VQ codebook stays as it was."""
+    from mmgen.audio.dual import CTCSpeechTokenizer
+
+    torch.manual_seed(0)
+    ctc = CTCSpeechTokenizer(hidden=32, codebook_dim=8, codebook_size=K).train()
+    ctc(torch.randn(4, 80, 40))  # initialise the codebook
+    before = {k: v.clone() for k, v in ctc.state_dict().items()}
+    wave = torch.from_numpy(np.sin(np.linspace(0, 800, 12000)).astype(np.float32) * 0.3)
+    a, b = ctc.encode(wave), ctc.encode(wave)
+    assert torch.equal(a, b) and ctc.training
+    assert all(torch.equal(before[k], v) for k, v in ctc.state_dict().items())
+
+
+def test_dual_token_pipeline_checks_its_components(dual_pipe):
+    from mmgen.audio.dual import CTCSpeechTokenizer
+    from mmgen.pipelines import DualTokenSpeechPipeline
+
+    other = CTCSpeechTokenizer(hidden=32, codebook_dim=8, codebook_size=2 * K)
+    with pytest.raises(ValueError, match="text_vocab_size must be"):
+        DualTokenSpeechPipeline(transformer=dual_pipe.transformer, codec=dual_pipe.codec, semantic_tokenizer=other)
+    text_model = SpeechTransformer(text_vocab_size=K + 1, voices=VOICES, num_quantizers=2, codebook_size=K, dim=32,
+                                   n_layers=1, n_heads=2, mctp=2, max_frames=120, max_text_len=64)
+    with pytest.raises(ValueError, match="input_kind 'semantic'"):
+        DualTokenSpeechPipeline(transformer=text_model, codec=dual_pipe.codec,
+                                semantic_tokenizer=dual_pipe.semantic_tokenizer)
 
 
 def test_text_pipeline_refuses_a_semantic_model(dual_pipe):

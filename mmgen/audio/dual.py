@@ -10,8 +10,9 @@ it; here the "understanding task" is character recognition with CTC, Graves et a
 ``DualSpeechTokenizer`` pairs it with the acoustic :class:`~mmgen.audio.codec.MelRVQCodec`:
 ``encode`` gives (semantic tokens for the model's input, acoustic codes for its output), ``decode``
 turns acoustic codes into a waveform. Simplifications: no Whisper encoder or LLM (nothing can be
-downloaded), CTC instead of LLM-driven understanding losses; the shipped TTS takes characters as
-input, so the semantic stream is evaluated as a tokenizer (CER from tokens), not yet as model input.
+downloaded), CTC instead of LLM-driven understanding losses. The semantic tokens are the input of
+the dual-token speech model (:class:`~mmgen.pipelines.DualTokenSpeechPipeline`, ``train_tts --input
+semantic``), whose output is acoustic codec tokens.
 """
 
 from __future__ import annotations
@@ -82,10 +83,19 @@ class CTCSpeechTokenizer(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def encode(self, audio, sample_rate: int = 16000) -> torch.Tensor:
-        """audio (T,) or (B, T) at 16 kHz -> semantic tokens (B, T') long at 31.25 Hz."""
-        mel = log_mel(check_waveform(audio, sample_rate, self.config.sample_rate), self.mel_cfg)
-        z = self.encoder((mel - self.mel_mean) / self.mel_std)
-        return self.vq(z.transpose(1, 2))[1].long()
+        """audio (T,) or (B, T) at 16 kHz -> semantic tokens (B, T') long at 31.25 Hz.
+
+        Always an inference pass: in train mode the VQ would update (or initialise) its codebook, so the
+        module is switched to eval for the call and back afterwards."""
+        wav = check_waveform(audio, sample_rate, self.config.sample_rate).to(self.mel_mean.device)
+        was_training = self.training
+        self.eval()
+        try:
+            mel = log_mel(wav, self.mel_cfg)  # (B, n_mels, F)
+            z = self.encoder((mel - self.mel_mean) / self.mel_std)  # (B, D, T')
+            return self.vq(z.transpose(1, 2))[1].long()
+        finally:
+            self.train(was_training)
 
     @torch.no_grad()
     def transcribe(self, tokens: torch.Tensor) -> list[str]:

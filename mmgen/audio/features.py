@@ -104,9 +104,9 @@ def chunk_span(index: int, chunk: int = 32, first: int | None = None) -> tuple[i
     Chunks are ``chunk`` frames long, except that a smaller ``first`` splits the first ``chunk`` frames
     into [0, first) and [first, chunk), so the first audio needs fewer frames; later chunks keep the
     multiples of ``chunk`` as boundaries."""
-    first = chunk if first is None else first
-    if not 1 <= first <= chunk:
-        raise ValueError(f"first must be in [1, chunk={chunk}], got {first}")
+    first = _check_chunking(chunk, first)
+    if index < 0:
+        raise ValueError(f"index must be >= 0, got {index}")
     if index == 0:
         return 0, first
     if first == chunk:
@@ -114,9 +114,18 @@ def chunk_span(index: int, chunk: int = 32, first: int | None = None) -> tuple[i
     return (first, chunk) if index == 1 else ((index - 1) * chunk, index * chunk)
 
 
+def _check_chunking(chunk: int, first: int | None) -> int:
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    first = chunk if first is None else first
+    if not 1 <= first <= chunk:
+        raise ValueError(f"first must be in [1, chunk={chunk}], got {first}")
+    return first
+
+
 def num_chunks(n_frames: int, chunk: int = 32, first: int | None = None) -> int:
     """How many :func:`chunk_span` pieces cover ``n_frames`` frames."""
-    first = chunk if first is None else first
+    first = _check_chunking(chunk, first)
     if n_frames <= 0:
         return 0
     if n_frames <= first:

@@ -62,9 +62,9 @@ def semantic_to_ids(tokens: list, max_len: int) -> torch.Tensor:
     """Semantic token rows (T'_i,) -> (B, T) long prefix ids (token + 1), left-padded with TEXT_PAD."""
     rows = [torch.as_tensor(t).long().flatten() for t in tokens]
     if not rows or any(len(r) == 0 for r in rows):
-        raise ValueError("every input utterance must give at least one semantic token (about 32 ms of audio)")
+        raise ValueError("tokens must hold at least one semantic token per row")
     if max(len(r) for r in rows) > max_len:
-        raise ValueError(f"input audio is too long: {max(len(r) for r in rows)} semantic tokens, at most {max_len}")
+        raise ValueError(f"tokens must be at most {max_len} semantic tokens per row, got {max(len(r) for r in rows)}")
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), TEXT_PAD, dtype=torch.long)
     for i, r in enumerate(rows):
@@ -153,7 +153,8 @@ class SpeechPipeline(DiffusionPipeline):
         as soon as their frames are generated; afterwards it holds the ``stats``.
 
         Chunk 0 covers codec frames [0, 8), chunk 1 [8, 32), chunk i >= 2 [32 (i - 1), 32 i); each needs 8
-        frames of look-ahead (``mmgen.audio.features.chunk_span``); the chunks
+        frames of look-ahead plus the codec decoder's ``receptive_radius`` (9) frames
+        (``mmgen.audio.features.chunk_span``, :func:`first_chunk_frames`); the chunks
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
         self._check_single(text)
@@ -198,26 +199,50 @@ class DualTokenSpeechPipeline(SpeechPipeline):
     a 16 kHz waveform (T,) or a list of them (np or torch).
 
     Simplified from DualSpeechLM: no LLM and no understanding tasks beyond CTC (the tokenizer's training
-    objective); the model is trained on (semantic tokens, codec tokens) of the same utterance."""
+    objective); the model is trained on (semantic tokens, codec tokens) of the same utterance.
+
+    Input length: at most ``transformer.config.max_text_len`` semantic tokens (set at training to the
+    longest training utterance + 32 tokens, about 1 s more; :attr:`max_input_seconds`)."""
 
     def __init__(self, transformer: SpeechTransformer, codec: MelRVQCodec, semantic_tokenizer: CTCSpeechTokenizer):
         DiffusionPipeline.__init__(self)
+        cfg = transformer.config
+        if cfg.input_kind != "semantic":
+            raise ValueError(f"transformer must take semantic tokens (input_kind 'semantic'), got {cfg.input_kind!r}: "
+                             "load a text model with SpeechPipeline")
+        if cfg.text_vocab_size != semantic_tokenizer.codebook_size + 1:
+            raise ValueError(f"transformer.text_vocab_size must be semantic_tokenizer.codebook_size + 1 = "
+                             f"{semantic_tokenizer.codebook_size + 1}, got {cfg.text_vocab_size}")
         self.register_modules(transformer=transformer, codec=codec, semantic_tokenizer=semantic_tokenizer)
 
+    @property
+    def max_input_seconds(self) -> float:
+        return self.transformer.config.max_text_len / self.semantic_tokenizer.frame_rate
+
     def _prefix_ids(self, audio) -> torch.Tensor:
-        if self.transformer.config.input_kind != "semantic":
-            raise ValueError("this model takes text: load it with SpeechPipeline")
         if isinstance(audio, str):
             raise ValueError("audio must be a 16 kHz waveform (T,) or a list of them, got a string")
         waves = list(audio) if isinstance(audio, (list, tuple)) else [audio]
         if not waves:
             raise ValueError("audio must be a non-empty waveform or list of waveforms")
-        tokens = [self.semantic_tokenizer.encode(torch.as_tensor(np.asarray(w), dtype=torch.float32))[0] for w in waves]
-        return semantic_to_ids(tokens, self.transformer.config.max_text_len)
+        tok, max_len = self.semantic_tokenizer, self.transformer.config.max_text_len
+        rate = tok.config.sample_rate
+        rows = []
+        for w in waves:
+            w = w if torch.is_tensor(w) else torch.as_tensor(np.asarray(w))
+            if w.dim() != 1:
+                raise ValueError(f"audio must be a 1-D waveform (T,) or a list of them, got shape {tuple(w.shape)}")
+            # T samples give (T // hop + 1) // 2 tokens: reject surely-too-long audio before encoding it
+            if (w.numel() // tok.mel_cfg.hop_length + 1) // 2 > max_len:
+                raise ValueError(f"audio must be at most {self.max_input_seconds:.2f} s ({max_len} semantic tokens), "
+                                 f"got {w.numel() / rate:.2f} s")
+            rows.append(tok.encode(w.float(), rate)[0])  # (T',)
+        return semantic_to_ids(rows, max_len)
 
     def _check_rate(self, sample_rate: int) -> None:
-        if sample_rate != self.sample_rate:
-            raise ValueError(f"sample_rate must be {self.sample_rate} (resample the input first), got {sample_rate}")
+        expected = self.semantic_tokenizer.config.sample_rate
+        if sample_rate != expected:
+            raise ValueError(f"sample_rate must be {expected} (resample the input first), got {sample_rate}")
 
     @staticmethod
     def _check_single(audio) -> None:
@@ -225,12 +250,12 @@ class DualTokenSpeechPipeline(SpeechPipeline):
             raise ValueError("audio must be a single waveform for streaming")
 
     @torch.no_grad()
-    def __call__(self, audio, voice: str | None = None, sample_rate: int = 16000, **kwargs):
+    def __call__(self, audio, voice: str | None = None, *, sample_rate: int = 16000, **kwargs):
         """Resynthesise ``audio`` in ``voice``; other arguments as :meth:`SpeechPipeline.__call__`."""
         self._check_rate(sample_rate)
         return super().__call__(audio, voice=voice, **kwargs)
 
-    def stream(self, audio, voice: str | None = None, sample_rate: int = 16000, **kwargs) -> "SpeechStream":
+    def stream(self, audio, voice: str | None = None, *, sample_rate: int = 16000, **kwargs) -> "SpeechStream":
         """Stream one utterance (see :meth:`SpeechPipeline.stream`)."""
         self._check_rate(sample_rate)
         return super().stream(audio, voice=voice, **kwargs)
