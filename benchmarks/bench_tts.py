@@ -8,7 +8,8 @@ Judges: PocketSphinx with the corpus-domain LM (WER by jiwer) and the simple mel
 speed 165). Control rows in every run: eSpeak itself, codec and k-means resynthesis (ceilings) and a
 negative control (audio of the wrong sentence). Speed: backbone forward passes per utterance and per
 second of audio, steps per forward, real-time factor (generation + vocoding wall time / audio
-seconds), time to the first streamed chunk (forwards and seconds) and wall-clock speed-up vs mctp 1
+seconds), time to the first streamed chunk (the causal head: forwards, seconds, ms of audio), forwards to
+the second chunk (the first one vocoded with look-ahead) and wall-clock speed-up vs mctp 1
 from interleaved repeats.
 """
 
@@ -28,15 +29,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus  # noqa: E402
 from mmgen.audio.corpus import TEST_VOICE  # noqa: E402
-from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, text_to_ids  # noqa: E402
+from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, head_frames, text_to_ids, vocode_codes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
 
 def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
     """Generate every text one at a time (batch 1) with mctp = k; speed and first-chunk figures."""
     tr = pipe.transformer
-    audios, passes, steps, wall, secs, first_fwd, first_s = [], [], [], [], [], [], []
-    need = first_chunk_frames(pipe.codec)
+    audios, passes, steps, wall, secs, first_fwd, first_s, second_fwd = [], [], [], [], [], [], [], []
+    head = head_frames(k, tr.config.num_quantizers)
+    need, need2 = first_chunk_frames(pipe.codec, 0, head), first_chunk_frames(pipe.codec, 1, head)
     for t in texts:
         t0 = time.perf_counter()
         out = pipe(t, voice=TEST_VOICE, mctp=k)
@@ -46,23 +48,31 @@ def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
         passes.append(out.stats.forward_passes)
         steps.append(out.stats.tokens)
         secs.append(len(a) / 16000)
-        # first streamed chunk: forwards until `need` complete frames exist (the rule pipe.stream uses)
+        # streamed chunks 0 (the causal head) and 1: forwards until their frames exist (pipe.stream's rule);
+        # the time covers generation and vocoding of the head, as a listener would wait for it
         ids = text_to_ids([t], tr.config.max_text_len)
         vid = torch.tensor([tr.voice_index(TEST_VOICE)])
-        t0, grid = time.perf_counter(), []
+        t0, grid, fwd0 = time.perf_counter(), [], None
         for new, fwd in tr.generate_stream(ids, vid, mctp=k):
             grid.append(new[0])
-            if tr.undelay(torch.cat(grid)).shape[1] >= need:
+            codes = tr.undelay(torch.cat(grid))
+            if fwd0 is None and codes.shape[1] >= need:
+                vocode_codes(pipe.codec, codes, head, 0)
+                fwd0 = fwd
+                first_s.append(time.perf_counter() - t0)
+            if codes.shape[1] >= need2:
                 break
-        first_fwd.append(fwd)
-        first_s.append(time.perf_counter() - t0)
+        first_fwd.append(fwd0 if fwd0 is not None else fwd)
+        second_fwd.append(fwd)
     total_s = sum(secs)
     row = dict(mctp=k, forward_passes_per_utt=round(float(np.mean(passes)), 1),
                steps_per_forward=round(sum(steps) / sum(passes), 3),
                forwards_per_audio_second=round(sum(passes) / total_s, 2),
                rtf=round(sum(wall) / total_s, 3), wall_s=round(sum(wall), 2),
                first_chunk_forwards=round(float(np.mean(first_fwd)), 1),
-               first_chunk_s=round(float(np.median(first_s)), 3), audio_s=round(total_s, 2))
+               first_chunk_s=round(float(np.median(first_s)), 4) if first_s else None,
+               first_chunk_ms_audio=round(head * pipe.codec.mel_cfg.hop_length / 16, 1),
+               second_chunk_forwards=round(float(np.mean(second_fwd)), 1), audio_s=round(total_s, 2))
     return audios, row
 
 
@@ -120,8 +130,11 @@ def main(argv=None):
                   date=time.strftime("%Y-%m-%d"), rows=rows)
     for r in rows:
         print({k: v for k, v in r.items() if k != "hyps"})
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    if args.json:  # atomic: a crash never leaves a half-written result
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.json).with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2))
+        tmp.replace(args.json)
 
 
 if __name__ == "__main__":

@@ -170,7 +170,16 @@ def test_vocoder_chunk_schedule():
             spans = [chunk_span(i, 32, first) for i in range(num_chunks(n, 32, first))]
             covered = [f for a, b in spans for f in range(a, min(b, n))]
             assert covered == list(range(n)) and all(a < n for a, _ in spans)
-    for bad, match in [(lambda: chunk_span(0, 32, 0), "first must be in"), (lambda: num_chunks(5, 32, 0), "first must be in"),
+    # a head piece (the first forward's frames) goes first; the next piece runs to the next regular boundary
+    assert [chunk_span(i, 32, 8, 4) for i in range(4)] == [(0, 4), (4, 8), (8, 32), (32, 64)]
+    assert [chunk_span(i, 32, 8, 12) for i in range(3)] == [(0, 12), (12, 32), (32, 64)]
+    assert [chunk_span(i, 32, 8, 8) for i in range(2)] == [(0, 8), (8, 32)]
+    for head in (1, 3, 8, 12, 40):
+        for n in range(0, 100):
+            spans = [chunk_span(i, 32, 8, head) for i in range(num_chunks(n, 32, 8, head))]
+            assert [f for a, b in spans for f in range(a, min(b, n))] == list(range(n))
+    for bad, match in [(lambda: chunk_span(0, 32, 8, 0), "head must be >= 1"),
+                       (lambda: chunk_span(0, 32, 0), "first must be in"), (lambda: num_chunks(5, 32, 0), "first must be in"),
                        (lambda: num_chunks(5, 0), "chunk must be >= 1"), (lambda: chunk_span(-1, 32, 8), "index must be >= 0")]:
         with pytest.raises(ValueError, match=match):
             bad()
@@ -180,6 +189,23 @@ def test_first_chunk_needs_fewer_frames(pipe):
     from mmgen.pipelines.speech import first_chunk_frames
     r = pipe.codec.receptive_radius
     assert [first_chunk_frames(pipe.codec, i) for i in range(3)] == [16 + r, 40 + r, 72 + r]
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_first_audio_after_the_first_forward(pipe, k):
+    """The head chunk holds the first forward's complete frames (k steps minus the delay pattern's M - 1 = 1
+    here), so with k >= M the first audio is out after one forward; the chunks still equal the whole output."""
+    from mmgen.pipelines.speech import first_chunk_frames, head_frames
+
+    head = head_frames(k, pipe.transformer.config.num_quantizers)
+    assert head == max(1, k - 1) and first_chunk_frames(pipe.codec, 0, head) == head
+    kw = dict(mctp=k, min_seconds=1.0, max_seconds=1.2)
+    stream = pipe.stream("the red dog follows a cat", **kw)
+    first = next(stream)
+    assert len(first) == head * 256
+    assert stream.first_chunk_forwards == (1 if k >= 2 else 2)  # k = 1: the delay pattern needs a second step
+    whole = pipe("the red dog follows a cat", **kw)
+    np.testing.assert_allclose(np.concatenate([first] + list(stream)), whole.audios[0, 0, :whole.lengths[0]], atol=1e-5)
 
 
 def test_streaming_concatenates_to_whole_output(pipe):

@@ -28,7 +28,7 @@ import app  # noqa: E402
 
 TEXT = "the red dog follows a cat"
 TEXTS = ["the red dog follows a cat", "a blue bird", "the happy horse visits a doctor", "a small cat"]
-MAX_FRAMES = 80  # 1.28 s: vocoder chunks of 8, 24, 32 and 16 frames, the first streamed before generation ends
+MAX_FRAMES = 80  # 1.28 s: vocoder chunks of head (mctp frames), 8 - head, 24, 32 and 16 frames, streamed before generation ends
 
 
 @pytest.fixture(scope="module")
@@ -233,9 +233,9 @@ def test_app_speech_handler_plain_stream_and_compare(tts_dir, pipe):
         assert row in md
 
     steps = synth(tts_dir, mctp=2, temperature=0.7, seed=3, stream=True, compare=True)
-    assert len(steps) == 5  # four chunks (8 + 24 + 32 + 16 frames), then the final stats
+    assert len(steps) == 6  # five chunks (head 1 = mctp 2 - delay 1, then 7 + 24 + 32 + 16 frames), then the stats
     sizes = [len(a) for (_, a), _, _ in steps[:-1]]
-    assert sizes == [8 * 256, 32 * 256, 64 * 256, 80 * 256]  # the audio so far grows chunk by chunk
+    assert sizes == [1 * 256, 8 * 256, 32 * 256, 64 * 256, 80 * 256]  # the audio so far grows chunk by chunk
     (sr, final), md, stats = steps[-1]
     assert np.array_equal(final, audio) and stats["stream"] and 0 < stats["time_to_first_chunk"] <= stats["wall_time"]
     assert stats["ar_forward_passes"] > stats["forward_passes"]  # AR needs a forward per step

@@ -98,64 +98,97 @@ def griffin_lim(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), n_iter: int 
     return torch.istft(mag * angles, cfg.n_fft, cfg.hop_length, window=window, center=True, length=n)
 
 
-def chunk_span(index: int, chunk: int = 32, first: int | None = None) -> tuple[int, int]:
+def chunk_span(index: int, chunk: int = 32, first: int | None = None, head: int | None = None) -> tuple[int, int]:
     """Frames [start, end) of streamed vocoder chunk ``index`` (``end`` not clipped to the utterance).
 
     Chunks are ``chunk`` frames long, except that a smaller ``first`` splits the first ``chunk`` frames
     into [0, first) and [first, chunk), so the first audio needs fewer frames; later chunks keep the
-    multiples of ``chunk`` as boundaries."""
-    first = _check_chunking(chunk, first)
+    multiples of ``chunk`` as boundaries. ``head`` adds a leading piece [0, head) (the frames of the
+    generator's first forward, vocoded causally, see :func:`vocode_chunk`); the next piece then starts
+    at ``head`` and ends at the first regular boundary after it."""
+    first = _check_chunking(chunk, first, head)
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
-    if index == 0:
-        return 0, first
-    if first == chunk:
-        return index * chunk, (index + 1) * chunk
-    return (first, chunk) if index == 1 else ((index - 1) * chunk, index * chunk)
+    start = 0
+    for i, end in enumerate(_chunk_ends(chunk, first, head)):
+        if i == index:
+            return start, end
+        start = end
+    raise AssertionError("unreachable: _chunk_ends is infinite")
 
 
-def _check_chunking(chunk: int, first: int | None) -> int:
+def _chunk_ends(chunk: int, first: int, head: int | None):
+    """Right ends of the pieces: ``head``, then ``first``, ``chunk``, 2 ``chunk``, ... beyond it (endless)."""
+    if head is not None:
+        yield head
+    if head is None or first > head:
+        if first < chunk:
+            yield first
+    end = chunk
+    while True:
+        if head is None or end > head:
+            yield end
+        end += chunk
+
+
+def _check_chunking(chunk: int, first: int | None, head: int | None = None) -> int:
     if chunk < 1:
         raise ValueError(f"chunk must be >= 1, got {chunk}")
     first = chunk if first is None else first
     if not 1 <= first <= chunk:
         raise ValueError(f"first must be in [1, chunk={chunk}], got {first}")
+    if head is not None and head < 1:
+        raise ValueError(f"head must be >= 1 frames (or None), got {head}")
     return first
 
 
-def num_chunks(n_frames: int, chunk: int = 32, first: int | None = None) -> int:
+def num_chunks(n_frames: int, chunk: int = 32, first: int | None = None, head: int | None = None) -> int:
     """How many :func:`chunk_span` pieces cover ``n_frames`` frames."""
-    first = _check_chunking(chunk, first)
+    first = _check_chunking(chunk, first, head)
+    count = 0
     if n_frames <= 0:
         return 0
-    if n_frames <= first:
-        return 1
-    return -(-n_frames // chunk) + (first < chunk)
+    for end in _chunk_ends(chunk, first, head):
+        count += 1
+        if end >= n_frames:
+            return count
+    raise AssertionError("unreachable")
 
 
 def vocode_chunk(logmel: torch.Tensor, index: int, cfg: MelConfig = MelConfig(), chunk: int = 32,
-                 context: int = 8, n_iter: int = 32, first: int | None = None) -> torch.Tensor:
+                 context: int = 8, n_iter: int = 32, first: int | None = None,
+                 head: int | None = None) -> torch.Tensor:
     """Waveform (B, <= span * hop) of the frames of :func:`chunk_span` ``index`` of log-mel (B, n_mels, F).
 
     Griffin-Lim runs on those frames plus up to ``context`` frames each side, so the piece depends
-    only on frames < end + context: a streaming caller may vocode it as soon as they exist.
+    only on frames < end + context: a streaming caller may vocode it as soon as they exist. The
+    ``head`` piece (index 0 when ``head`` is set) is causal: Griffin-Lim on its own frames only, and the
+    caller passes the log-mel decoded from those frames' codes alone, so it needs nothing that the
+    generator's first forward did not produce.
     """
     f_total, hop = logmel.shape[-1], cfg.hop_length
-    start, end = chunk_span(index, chunk, first)
+    start, end = chunk_span(index, chunk, first, head)
     end = min(f_total, end)
-    lo, hi = max(0, start - context), min(f_total, end + context)
+    if head is not None and index == 0:
+        lo, hi = 0, end
+    else:
+        lo, hi = max(0, start - context), min(f_total, end + context)
     wav = griffin_lim(logmel[..., lo:hi], cfg, n_iter)  # (B, (hi - lo) * hop)
     return wav[:, (start - lo) * hop:(end - lo) * hop].clamp(-1, 1)
 
 
 def griffin_lim_chunks(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), chunk: int = 32, context: int = 8,
-                       n_iter: int = 32, first: int | None = None):
-    """Yield :func:`vocode_chunk` pieces 0, 1, ... covering log-mel (B, n_mels, F); they concatenate to :func:`vocode`."""
-    for i in range(num_chunks(logmel.shape[-1], chunk, first)):
-        yield vocode_chunk(logmel, i, cfg, chunk, context, n_iter, first)
+                       n_iter: int = 32, first: int | None = None, head: int | None = None,
+                       head_logmel: torch.Tensor | None = None):
+    """Yield :func:`vocode_chunk` pieces 0, 1, ... covering log-mel (B, n_mels, F); they concatenate to
+    :func:`vocode`. With ``head``, piece 0 is vocoded from ``head_logmel`` (default ``logmel``)."""
+    for i in range(num_chunks(logmel.shape[-1], chunk, first, head)):
+        src = head_logmel if (head is not None and i == 0 and head_logmel is not None) else logmel
+        yield vocode_chunk(src, i, cfg, chunk, context, n_iter, first, head)
 
 
 def vocode(logmel: torch.Tensor, cfg: MelConfig = MelConfig(), chunk: int = 32, context: int = 8,
-           n_iter: int = 32, first: int | None = None) -> torch.Tensor:
+           n_iter: int = 32, first: int | None = None, head: int | None = None,
+           head_logmel: torch.Tensor | None = None) -> torch.Tensor:
     """log-mel (B, n_mels, F) -> waveform (B, F * hop) in [-1, 1]: the concatenated chunks."""
-    return torch.cat(list(griffin_lim_chunks(logmel, cfg, chunk, context, n_iter, first)), dim=-1)
+    return torch.cat(list(griffin_lim_chunks(logmel, cfg, chunk, context, n_iter, first, head, head_logmel)), dim=-1)

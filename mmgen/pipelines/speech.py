@@ -28,8 +28,9 @@ from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
 
-# frames per streamed audio chunk (0.512 s), look-ahead, and the shorter first chunk (0.128 s) that lets
-# the first audio out after 8 + 8 + codec radius frames instead of 32 + 8 + radius
+# frames per streamed audio chunk (0.512 s), look-ahead, and the shorter chunk [head, 8) that needs only
+# 8 + 8 + codec radius frames instead of 32 + 8 + radius. Before it, the "head" piece: the frames of the
+# generator's first forward, vocoded causally from their own codes, so audio is out after one forward.
 VOCODER_CHUNK, VOCODER_CONTEXT, VOCODER_FIRST = 32, 8, 8
 
 
@@ -43,9 +44,29 @@ class SpeechPipelineOutput(AudioPipelineOutput):
     sample_rate: int = 16000
 
 
-def first_chunk_frames(codec: MelRVQCodec, index: int = 0) -> int:
-    """Complete codec frames needed before streamed chunk ``index`` is final (chunk + look-ahead + decoder radius)."""
-    return chunk_span(index, VOCODER_CHUNK, VOCODER_FIRST)[1] + VOCODER_CONTEXT + codec.receptive_radius
+def first_chunk_frames(codec: MelRVQCodec, index: int = 0, head: int | None = None) -> int:
+    """Complete codec frames needed before streamed chunk ``index`` is final: its end + look-ahead + the
+    codec decoder's radius; the causal ``head`` piece (index 0 when ``head`` is set) needs only its own frames."""
+    end = chunk_span(index, VOCODER_CHUNK, VOCODER_FIRST, head)[1]
+    return end if (head is not None and index == 0) else end + VOCODER_CONTEXT + codec.receptive_radius
+
+
+def head_frames(mctp: int, num_quantizers: int) -> int:
+    """Complete frames after the first forward: ``mctp`` delayed steps minus the delay pattern's M - 1 (>= 1)."""
+    return max(1, mctp - num_quantizers + 1)
+
+
+def vocode_codes(codec: MelRVQCodec, codes: torch.Tensor, head: int, index: int | None = None) -> torch.Tensor:
+    """Codes (M, n) -> waveform (n * hop,) on the streaming schedule (``index`` None) or its piece ``index``;
+    the head piece is decoded from the first ``head`` frames' codes alone (causal)."""
+    args = (codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, codec.config.griffin_lim_iters, VOCODER_FIRST, head)
+    head_mel = codec.decode_mel(codes[None, :, :head]) if index in (None, 0) else None  # (1, n_mels, <= head)
+    if index == 0:
+        return vocode_chunk(head_mel, 0, *args)[0]
+    mel = codec.decode_mel(codes[None])  # (1, n_mels, n)
+    if index is None:
+        return vocode(mel, *args, head_logmel=head_mel)[0]
+    return vocode_chunk(mel, index, *args)[0]
 
 
 def text_to_ids(texts: list[str], max_chars: int) -> torch.Tensor:
@@ -130,9 +151,8 @@ class SpeechPipeline(DiffusionPipeline):
         t0 = time.perf_counter()
         gen = self.transformer.generate(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
                                         max_frames=max_frames, min_frames=min_frames, generator=generator)
-        waves = [vocode(self.codec.decode_mel(c[None]), self.codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT,
-                        self.codec.config.griffin_lim_iters, VOCODER_FIRST)[0] if c.shape[1] else torch.zeros(0)
-                 for c in gen.codes]
+        head = self._head(mctp)
+        waves = [vocode_codes(self.codec, c, head) if c.shape[1] else torch.zeros(0) for c in gen.codes]
         stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
                             tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=time.perf_counter() - t0,
                             accepted_lengths=gen.steps_per_forward)
@@ -152,14 +172,20 @@ class SpeechPipeline(DiffusionPipeline):
         """Stream one utterance: iterate the returned :class:`SpeechStream` for float32 audio chunks (np, 16 kHz)
         as soon as their frames are generated; afterwards it holds the ``stats``.
 
-        Chunk 0 covers codec frames [0, 8), chunk 1 [8, 32), chunk i >= 2 [32 (i - 1), 32 i); each needs 8
-        frames of look-ahead plus the codec decoder's ``receptive_radius`` (9) frames
+        Chunk 0 is the head: the frames of the first forward (``mctp`` minus the delay pattern's M - 1),
+        vocoded causally from their own codes, so audio is out after one forward pass (VITA-Audio's
+        first-forward audio). Then [head, 8), [8, 32), [32 (i - 1), 32 i); each of those needs 8 frames
+        of look-ahead plus the codec decoder's ``receptive_radius`` (9) frames
         (``mmgen.audio.features.chunk_span``, :func:`first_chunk_frames`); the chunks
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
         self._check_single(text)
         inputs = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
         return SpeechStream(self, inputs, dict(mctp=mctp, temperature=temperature, top_k=top_k, generator=generator))
+
+    def _head(self, mctp: int | None) -> int:
+        cfg = self.transformer.config
+        return head_frames(mctp or cfg.mctp, cfg.num_quantizers)
 
     @staticmethod
     def _check_single(text) -> None:
@@ -170,25 +196,19 @@ class SpeechPipeline(DiffusionPipeline):
     def _stream_chunks(self, inputs, opts: dict, record: "SpeechStream"):
         ids, vid, max_frames, min_frames = inputs
         tr, codec = self.transformer, self.codec
-        n_iter = codec.config.griffin_lim_iters
+        head = self._head(opts["mctp"])
         grid, emitted = [], 0  # emitted: chunks already yielded
         for steps, passes in tr.generate_stream(ids, vid, max_frames=max_frames, min_frames=min_frames, **opts):
             grid.append(steps[0])
             record.forward_passes, record.steps_per_forward = passes, record.steps_per_forward + [steps.shape[1]]
             codes = tr.undelay(torch.cat(grid))  # (M, n) frames whose every level exists
             # chunk i is final once its look-ahead frames exist and their mel no longer depends on missing codes
-            while codes.shape[1] and first_chunk_frames(codec, emitted) <= codes.shape[1]:
-                mel = codec.decode_mel(codes[None])
-                yield vocode_chunk(mel, emitted, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter,
-                                   VOCODER_FIRST)[0].cpu().numpy()
+            while codes.shape[1] and first_chunk_frames(codec, emitted, head) <= codes.shape[1]:
+                yield vocode_codes(codec, codes, head, emitted).cpu().numpy()
                 emitted += 1
         codes = tr.undelay(torch.cat(grid))
-        if codes.shape[1] == 0:
-            return
-        mel = codec.decode_mel(codes[None])
-        for i in range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST)):
-            yield vocode_chunk(mel, i, codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, n_iter,
-                               VOCODER_FIRST)[0].cpu().numpy()
+        for i in range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST, head)):
+            yield vocode_codes(codec, codes, head, i).cpu().numpy()
 
 
 class DualTokenSpeechPipeline(SpeechPipeline):
