@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from datetime import date
 
@@ -36,7 +38,9 @@ def main(argv=None):
     ap.add_argument("--n-prompts", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cfg", type=float, default=1.5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality runs and the main timing")
+    ap.add_argument("--time-threads", type=int, nargs="+", default=None,
+                    help="also time at these thread counts (keys speedup_b{b}_t{n}); the box must be idle")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
@@ -53,27 +57,36 @@ def main(argv=None):
                                              guidance_scale=args.cfg)
         rows[name] = {k: res[k] for k in res if k in ("class_consistency", "prompt_adherence", "judge_fd",
                                                        "judge_fd_real_vs_real", "n")}
-    for b in (1, 8):
-        times = {k: [] for k in methods}
-        fwd = {}
-        for _ in range(args.repeats):  # interleaved: the same noise hits every method
-            for name, pipe in methods.items():
-                kw = (dict(class_labels=[i % 10 for i in range(b)]) if args.task == "digits"
-                      else dict(prompt=["a large green square in the center, white background"] * b))
-                t = time.perf_counter()
-                out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name, guidance_scale=args.cfg,
-                           output_type="latent")
-                times[name].append(time.perf_counter() - t)
-                fwd[name] = out.stats.forward_passes
-        for name in methods:
-            rows[name][f"forward_passes_b{b}"] = fwd[name]
-            rows[name][f"speedup_b{b}"] = round(statistics.median(times["ar"]) / statistics.median(times[name]), 2)
-    meta = {"task": args.task, "cfg": args.cfg, "threads": threads, "date": str(date.today()),
-            "torch": torch.__version__, "repeats": args.repeats}
+    extra = [t for t in (args.time_threads or []) if t != threads]
+    for n_threads in [threads] + extra:
+        set_threads(n_threads)
+        suffix = "" if n_threads == threads else f"_t{n_threads}"
+        for b in (1, 8):
+            times = {k: [] for k in methods}
+            fwd = {}
+            for _ in range(args.repeats):  # interleaved: the same noise hits every method
+                for name, pipe in methods.items():
+                    kw = (dict(class_labels=[i % 10 for i in range(b)]) if args.task == "digits"
+                          else dict(prompt=["a large green square in the center, white background"] * b))
+                    t = time.perf_counter()
+                    out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name,
+                               guidance_scale=args.cfg, output_type="latent")
+                    times[name].append(time.perf_counter() - t)
+                    fwd[name] = out.stats.forward_passes
+            for name in methods:
+                rows[name][f"forward_passes_b{b}"] = fwd[name]
+                rows[name][f"speedup_b{b}{suffix}"] = round(statistics.median(times["ar"])
+                                                            / statistics.median(times[name]), 2)
+                rows[name][f"sec_per_batch_b{b}{suffix}"] = round(statistics.median(times[name]), 4)
+    meta = {"task": args.task, "cfg": args.cfg, "threads": threads, "time_threads": [threads] + extra,
+            "date": str(date.today()), "torch": torch.__version__, "repeats": args.repeats,
+            "command": "python benchmarks/bench_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
+    if args.json:  # atomic write
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":
