@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus  # noqa: E402
-from mmgen.audio.corpus import TEST_VOICE  # noqa: E402
+from mmgen.audio.corpus import TEST_VOICE, sentence_pool, synthesize, training_pool  # noqa: E402
 from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, head_frames, text_to_ids, vocode_codes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
@@ -85,6 +85,10 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=2, help="interleaved timing repeats")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--unseen", type=int, default=0,
+                    help="also judge N training-pool sentences that --train-corpus never used (eSpeak test voice "
+                         "and speed; quality only, no timing): a larger held-out set than the 24 test sentences")
+    ap.add_argument("--train-corpus", default="data/speech-3000", help="the corpus the model was trained on")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     judge = default_judge()
@@ -119,6 +123,18 @@ def main(argv=None):
                 q = judge.score(refs, ref_audio, audios)
                 dur = float(np.mean([len(a) / len(r) for a, r in zip(audios, ref_audio)]))
                 tts[k] = dict(system=f"TTS mctp={k}", **q, duration_ratio=round(dur, 3), **row)
+    if args.unseen:
+        manifest = json.loads((Path(args.train_corpus) / "corpus.json").read_text())
+        pool = sentence_pool(len(training_pool()), manifest["seed"])  # the corpus used pool[:n]
+        if not 0 < args.unseen <= len(pool) - manifest["n"]:
+            raise ValueError(f"unseen must be in [1, {len(pool) - manifest['n']}], got {args.unseen}")
+        texts = pool[manifest["n"]:manifest["n"] + args.unseen]
+        clean = [synthesize(t) for t in texts]
+        rows.append(dict(system=f"eSpeak NG, {len(texts)} unseen pool sentences", **judge.score(texts, clean, clean)))
+        for k in args.mctp:
+            outs = [pipe(t, voice=TEST_VOICE, mctp=k) for t in texts]
+            q = judge.score(texts, clean, [o.audios[0, 0, :o.lengths[0]] for o in outs])
+            tts[k].update(wer_unseen=q["wer"], mcd_unseen=q["mcd"], n_unseen=len(texts))
     base = statistics.median(timing[min(args.mctp)])
     for k in args.mctp:
         tts[k]["wall_speedup_vs_mctp1"] = round(base / statistics.median(timing[k]), 2)
