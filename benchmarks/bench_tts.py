@@ -28,9 +28,28 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus  # noqa: E402
-from mmgen.audio.corpus import TEST_VOICE, sentence_pool, synthesize, training_pool  # noqa: E402
+from mmgen.audio.corpus import CORPUS_VERSION, TEST_VOICE, sentence_pool, synthesize, training_pool  # noqa: E402
 from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, head_frames, text_to_ids, vocode_codes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
+
+
+def unseen_sentences(train_corpus: str, n: int) -> list[str]:
+    """``n`` training-pool sentences that the corpus ``train_corpus`` never used (it holds pool[:N] of the same
+    seeded permutation); checked against its metadata, so a mismatched corpus fails instead of leaking."""
+    root = Path(train_corpus)
+    manifest = json.loads((root / "corpus.json").read_text())
+    if manifest.get("version") != CORPUS_VERSION:
+        raise ValueError(f"train-corpus {root} was built by corpus version {manifest.get('version')}, "
+                         f"this code is version {CORPUS_VERSION}: rebuild it")
+    pool = sentence_pool(len(training_pool()), manifest["seed"])
+    if not 1 <= n <= len(pool) - manifest["n"]:
+        raise ValueError(f"unseen must be in [1, {len(pool) - manifest['n']}], got {n}")
+    texts = pool[manifest["n"]:manifest["n"] + n]
+    with open(root / "metadata.jsonl") as f:
+        trained = {json.loads(line)["text"] for line in f}
+    if trained & set(texts):
+        raise ValueError(f"{len(trained & set(texts))} 'unseen' sentences occur in {root}: wrong --train-corpus")
+    return texts
 
 
 def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
@@ -71,7 +90,7 @@ def tts_row(pipe: SpeechPipeline, texts, k: int) -> tuple[list, dict]:
                rtf=round(sum(wall) / total_s, 3), wall_s=round(sum(wall), 2),
                first_chunk_forwards=round(float(np.mean(first_fwd)), 1),
                first_chunk_s=round(float(np.median(first_s)), 4) if first_s else None,
-               first_chunk_ms_audio=round(head * pipe.codec.mel_cfg.hop_length / 16, 1),
+               first_chunk_ms_audio=round(1000 * head * pipe.codec.mel_cfg.hop_length / pipe.codec.mel_cfg.sample_rate, 1),
                second_chunk_forwards=round(float(np.mean(second_fwd)), 1), audio_s=round(total_s, 2))
     return audios, row
 
@@ -90,6 +109,7 @@ def main(argv=None):
                          "and speed; quality only, no timing): a larger held-out set than the 24 test sentences")
     ap.add_argument("--train-corpus", default="data/speech-3000", help="the corpus the model was trained on")
     args = ap.parse_args(argv)
+    unseen = unseen_sentences(args.train_corpus, args.unseen) if args.unseen else []  # fail before the long runs
     set_threads(args.threads)
     judge = default_judge()
     test = load_corpus(args.corpus, "test")
@@ -123,12 +143,8 @@ def main(argv=None):
                 q = judge.score(refs, ref_audio, audios)
                 dur = float(np.mean([len(a) / len(r) for a, r in zip(audios, ref_audio)]))
                 tts[k] = dict(system=f"TTS mctp={k}", **q, duration_ratio=round(dur, 3), **row)
-    if args.unseen:
-        manifest = json.loads((Path(args.train_corpus) / "corpus.json").read_text())
-        pool = sentence_pool(len(training_pool()), manifest["seed"])  # the corpus used pool[:n]
-        if not 0 < args.unseen <= len(pool) - manifest["n"]:
-            raise ValueError(f"unseen must be in [1, {len(pool) - manifest['n']}], got {args.unseen}")
-        texts = pool[manifest["n"]:manifest["n"] + args.unseen]
+    if unseen:
+        texts = unseen
         clean = [synthesize(t) for t in texts]
         rows.append(dict(system=f"eSpeak NG, {len(texts)} unseen pool sentences", **judge.score(texts, clean, clean)))
         for k in args.mctp:

@@ -73,7 +73,7 @@ TEST_SENTENCES: tuple[str, ...] = (
     "a yellow teacher carries the sleepy cat",
 )
 
-_VERSION = 1  # bump when the grammar, pool or audio pipeline changes
+CORPUS_VERSION = 1  # bump when the grammar, pool or audio pipeline changes
 
 
 def vocabulary() -> list[str]:
@@ -198,7 +198,7 @@ def _corpus_items(n: int, seed: int) -> list[dict]:
 
 
 def _manifest(n: int, seed: int) -> dict:
-    return dict(version=_VERSION, n=n, seed=seed, sample_rate=SAMPLE_RATE,
+    return dict(version=CORPUS_VERSION, n=n, seed=seed, sample_rate=SAMPLE_RATE,
                 num_test=len(TEST_SENTENCES), voices=list(VOICES), speeds=list(SPEEDS))
 
 

@@ -52,7 +52,8 @@ def first_chunk_frames(codec: MelRVQCodec, index: int = 0, head: int | None = No
 
 
 def head_frames(mctp: int, num_quantizers: int) -> int:
-    """Complete frames after the first forward: ``mctp`` delayed steps minus the delay pattern's M - 1 (>= 1)."""
+    """Complete frames after the first forward: ``mctp`` delayed steps minus the delay pattern's M - 1; at least
+    1 (when ``mctp`` < M the first frame completes after ceil(M / mctp) forwards)."""
     return max(1, mctp - num_quantizers + 1)
 
 
@@ -173,8 +174,8 @@ class SpeechPipeline(DiffusionPipeline):
         as soon as their frames are generated; afterwards it holds the ``stats``.
 
         Chunk 0 is the head: the frames of the first forward (``mctp`` minus the delay pattern's M - 1),
-        vocoded causally from their own codes, so audio is out after one forward pass (VITA-Audio's
-        first-forward audio). Then [head, 8), [8, 32), [32 (i - 1), 32 i); each of those needs 8 frames
+        vocoded causally from their own codes, so audio is out after one forward pass when ``mctp`` >= M
+        (VITA-Audio's first-forward audio; the shipped model has M = 1), else after ceil(M / mctp). Then [head, 8), [8, 32), [32 (i - 1), 32 i); each of those needs 8 frames
         of look-ahead plus the codec decoder's ``receptive_radius`` (9) frames
         (``mmgen.audio.features.chunk_span``, :func:`first_chunk_frames`); the chunks
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
