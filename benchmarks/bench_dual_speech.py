@@ -69,7 +69,7 @@ def main(argv=None):
                              voice=voice, mctp=k, wer=res["wer"], mcd=res["mcd"],
                              duration_ratio_vs_source=round(dur, 3),
                              forwards_per_audio_second=round(passes / secs, 2), rtf=round(wall / secs, 3),
-                             hyps=res["hyps"][:3]))
+                             hyps=res["hyps"]))
             print({k2: v for k2, v in rows[-1].items() if k2 != "hyps"}, flush=True)
     result = dict(model=args.model, n_sentences=len(refs), source_voice=TEST_VOICE, threads=args.threads,
                   command="python benchmarks/bench_dual_speech.py " + " ".join(argv if argv is not None else sys.argv[1:]),

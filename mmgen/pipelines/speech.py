@@ -57,14 +57,16 @@ def head_frames(mctp: int, num_quantizers: int) -> int:
     return max(1, mctp - num_quantizers + 1)
 
 
-def vocode_codes(codec: MelRVQCodec, codes: torch.Tensor, head: int, index: int | None = None) -> torch.Tensor:
+def vocode_codes(codec: MelRVQCodec, codes: torch.Tensor, head: int, index: int | None = None,
+                 mel: torch.Tensor | None = None) -> torch.Tensor:
     """Codes (M, n) -> waveform (n * hop,) on the streaming schedule (``index`` None) or its piece ``index``;
-    the head piece is decoded from the first ``head`` frames' codes alone (causal)."""
+    the head piece is decoded from the first ``head`` frames' codes alone (causal). ``mel``: the log-mel of
+    all of ``codes`` when the caller already has it (several pieces of the same codes)."""
     args = (codec.mel_cfg, VOCODER_CHUNK, VOCODER_CONTEXT, codec.config.griffin_lim_iters, VOCODER_FIRST, head)
     head_mel = codec.decode_mel(codes[None, :, :head]) if index in (None, 0) else None  # (1, n_mels, <= head)
     if index == 0:
         return vocode_chunk(head_mel, 0, *args)[0]
-    mel = codec.decode_mel(codes[None])  # (1, n_mels, n)
+    mel = codec.decode_mel(codes[None]) if mel is None else mel  # (1, n_mels, n)
     if index is None:
         return vocode(mel, *args, head_logmel=head_mel)[0]
     return vocode_chunk(mel, index, *args)[0]
@@ -208,8 +210,11 @@ class SpeechPipeline(DiffusionPipeline):
                 yield vocode_codes(codec, codes, head, emitted).cpu().numpy()
                 emitted += 1
         codes = tr.undelay(torch.cat(grid))
-        for i in range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST, head)):
-            yield vocode_codes(codec, codes, head, i).cpu().numpy()
+        remaining = range(emitted, num_chunks(codes.shape[1], VOCODER_CHUNK, VOCODER_FIRST, head))
+        # pieces after the head share one decode of all codes
+        mel = codec.decode_mel(codes[None]) if any(i > 0 for i in remaining) else None
+        for i in remaining:
+            yield vocode_codes(codec, codes, head, i, mel).cpu().numpy()
 
 
 class DualTokenSpeechPipeline(SpeechPipeline):
