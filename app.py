@@ -55,12 +55,12 @@ def load_pipeline(name_or_folder: str):
         return _CACHE[key]
 
 
-def _recommended_cfg(name_or_folder: str, default: float = 3.0) -> float:
-    """The model's recommended guidance scale (``recommended.json``), if the folder exists yet."""
+def _recommended(name_or_folder: str, key: str = "guidance_scale", default: float = 3.0) -> float:
+    """A value of the model's ``recommended.json`` (guidance_scale, temperature), if the folder exists yet."""
     try:
         f = model_path(name_or_folder) / "recommended.json"
-        return float(json.loads(f.read_text()).get("guidance_scale", default)) if f.exists() else default
-    except (ValueError, OSError):
+        return float(json.loads(f.read_text()).get(key, default)) if f.exists() else default
+    except (ValueError, OSError, TypeError):
         return default
 
 
@@ -311,7 +311,8 @@ def _speech_tab(tts_model: str) -> None:
               api_name="synthesize_speech")
 
 
-def _sampling_controls(default_cfg: float, prefix: str):
+def _sampling_controls(model: str, prefix: str):
+    default_cfg, default_temp = _recommended(model, "guidance_scale", 3.0), _recommended(model, "temperature", 1.0)
     methods = sorted(DECODERS)
     with gr.Row():
         decoding = gr.Dropdown(methods, value="ar" if "ar" in methods else methods[0], label="decoding method",
@@ -325,7 +326,7 @@ def _sampling_controls(default_cfg: float, prefix: str):
     with gr.Row():
         top_k = gr.Slider(0, 1024, value=0, step=1, label="top-k (0 = off)")
         top_p = gr.Slider(0.0, 1.0, value=1.0, step=0.01, label="top-p (1 = off)")
-        temperature = gr.Slider(0.05, 2.0, value=1.0, step=0.05, label="temperature")
+        temperature = gr.Slider(0.05, 2.0, value=default_temp, step=0.05, label="temperature")
     compare = gr.Checkbox(False, label="also run AR to measure the wall-time speedup")
     return [decoding, options, seed, cfg, top_k, top_p, temperature, num_images, compare]
 
@@ -365,7 +366,7 @@ def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODE
                 with gr.Row():
                     with gr.Column(scale=5):
                         prompt = gr.Textbox(label="prompt", value=SCENE_EXAMPLES[0], lines=1, elem_id="prompt")
-                        s_inputs = _sampling_controls(_recommended_cfg(scenes_model), "scenes")
+                        s_inputs = _sampling_controls(scenes_model, "scenes")
                         s_btn = gr.Button("Generate", variant="primary", elem_id="generate-image")
                         gr.Examples([[p] for p in SCENE_EXAMPLES], inputs=[prompt], label="example prompts")
                     with gr.Column(scale=4):
@@ -377,7 +378,7 @@ def build_demo(scenes_model: str = SCENES_MODEL, digits_model: str = DIGITS_MODE
                 with gr.Row():
                     with gr.Column(scale=5):
                         label = gr.Number(value=7, precision=0, label="digit class (0-9)", elem_id="class-label")
-                        d_inputs = _sampling_controls(_recommended_cfg(digits_model), "digits")
+                        d_inputs = _sampling_controls(digits_model, "digits")
                         d_btn = gr.Button("Generate", variant="primary", elem_id="generate-digit")
                         gr.Examples([[3], [7], [0]], inputs=[label], label="example classes")
                     with gr.Column(scale=4):

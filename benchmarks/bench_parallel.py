@@ -38,6 +38,7 @@ def main(argv=None):
     ap.add_argument("--n-prompts", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--cfg", type=float, default=1.5)
+    ap.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for every method")
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality runs and the main timing")
     ap.add_argument("--time-threads", type=int, nargs="+", default=None,
                     help="also time at these thread counts (keys speedup_b{b}_t{n}); the box must be idle")
@@ -45,6 +46,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if any(t < 1 for t in args.time_threads or []):
         raise ValueError(f"time-threads must be >= 1, got {args.time_threads}")
+    if args.temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {args.temperature}")
     threads = set_threads(args.threads)
     base = "digits-c2i" if args.task == "digits" else "scenes-t2i"
     methods = {"ar": _load(base), "nar": _load(f"{base}-nar"), "nbp": _load(f"{base}-nbp")}
@@ -53,10 +56,10 @@ def main(argv=None):
     for name, pipe in methods.items():
         if args.task == "digits":
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=args.n_per_class, decoding=name,
-                                             guidance_scale=args.cfg)
+                                             guidance_scale=args.cfg, temperature=args.temperature)
         else:
             res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n_prompts, decoding=name,
-                                             guidance_scale=args.cfg)
+                                             guidance_scale=args.cfg, temperature=args.temperature)
         rows[name] = {k: res[k] for k in res if k in ("class_consistency", "prompt_adherence", "judge_fd",
                                                        "judge_fd_real_vs_real", "n")}
     extra = list(dict.fromkeys(t for t in (args.time_threads or []) if t != threads))
@@ -64,7 +67,8 @@ def main(argv=None):
         _time_methods(methods, rows, args, threads, extra)
     finally:
         set_threads(threads)
-    meta = {"task": args.task, "cfg": args.cfg, "threads": threads, "time_threads": [threads] + extra,
+    meta = {"task": args.task, "cfg": args.cfg, "temperature": args.temperature, "threads": threads,
+            "time_threads": [threads] + extra,
             "date": str(date.today()), "torch": torch.__version__, "repeats": args.repeats,
             "command": "python benchmarks/bench_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps({"meta": meta, "rows": rows}, indent=2))
@@ -85,14 +89,14 @@ def _time_methods(methods: dict, rows: dict, args, threads: int, extra: list) ->
                   else dict(prompt=["a large green square in the center, white background"] * b))
             for name, pipe in methods.items():  # untimed warm-up at this thread count and batch
                 pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name, guidance_scale=args.cfg,
-                     output_type="latent")
+                     temperature=args.temperature, output_type="latent")
             times = {k: [] for k in methods}
             fwd = {}
             for _ in range(args.repeats):  # interleaved: the same noise hits every method
                 for name, pipe in methods.items():
                     t = time.perf_counter()
                     out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name,
-                               guidance_scale=args.cfg, output_type="latent")
+                               guidance_scale=args.cfg, temperature=args.temperature, output_type="latent")
                     times[name].append(time.perf_counter() - t)
                     fwd[name] = out.stats.forward_passes
             for name in methods:

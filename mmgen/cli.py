@@ -32,7 +32,8 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the model's recommended)")
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--temperature", type=float, default=None,
+                   help="sampling temperature (default: the model's recommended, else 1.0)")
     p.add_argument("--decoding", default=None, help="decoder name (ar, sjd, gsd, lantern, nar, nbp, ...; default: "
                    "the model's own order). nar / nbp on a shipped raster model use its -nar / -nbp companion")
     p.add_argument("--decoding-options", default="{}", help="JSON dict of decoder options")
@@ -60,6 +61,8 @@ def load_pipeline(model: str):
 
 
 def recommended(model_dir: Path) -> dict:
+    """``recommended.json`` of a model folder (guidance_scale, optionally temperature; picked on
+    validation prompts by scripts/evaluate.py), or the defaults."""
     f = Path(model_dir) / "recommended.json"
     return json.loads(f.read_text()) if f.exists() else {"guidance_scale": 3.0}
 
@@ -79,7 +82,8 @@ def cmd_generate(args) -> int:
     kw = dict(prompt=args.prompt) if args.prompt is not None else dict(class_labels=args.class_id)
     out = pipe(**kw, num_images_per_prompt=args.batch,
                guidance_scale=args.cfg if args.cfg is not None else rec.get("guidance_scale", 3.0),
-               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+               top_k=args.top_k, top_p=args.top_p,
+               temperature=args.temperature if args.temperature is not None else rec.get("temperature", 1.0),
                generator=torch.Generator().manual_seed(args.seed), decoding=args.decoding,
                decoding_options=json.loads(args.decoding_options))
     out_path = Path(args.out)

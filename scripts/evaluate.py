@@ -1,9 +1,11 @@
 """Judge the shipped generators and record their figures.
 
-    python scripts/evaluate.py [--n 200] [--cfg-grid 1.5 2 3 4] [--threads 1] [--models scenes-t2i-hita ...]
+    python scripts/evaluate.py [--n 200] [--cfg-grid 1.5 2 3 4] [--temperature-grid 1.0] [--threads 1]
+                               [--models scenes-t2i-hita ...]
 
-1. Picks the guidance scale on a *validation* prompt set (seed 990 / class seeds 10_000+), never
-   on the reported set, and stores it in ``<model>/recommended.json``.
+1. Picks the guidance scale (and, with several ``--temperature-grid`` values, the sampling
+   temperature) jointly on a *validation* prompt set (seed 990 / class seeds 10_000+), never on the
+   reported set, and stores them in ``<model>/recommended.json``.
 2. Reports prompt adherence (scenes, >= 200 held-out prompts, seed 997) or class consistency
    (digits) plus judge-FD and the real-vs-real FD floor, in ``<model>/eval.json``.
 """
@@ -36,35 +38,51 @@ from mmgen.pipelines import ARImagePipeline  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
 
-def pick_cfg_scenes(pipe, judge, grid, n=60):
+def pick_cfg_scenes(pipe, judge, grid, temps=(1.0,), n=60):
+    """-> ((cfg, temperature) with the best validation adherence, {(cfg, temperature): score})."""
     ds = SceneDataset(n, seed=990)
     specs = [ds.spec(i) for i in range(n)]
     scores = {}
-    for s in grid:
-        imgs, _ = generate(pipe, n, 60, seed=50_000, prompts=[x.caption() for x in specs], guidance_scale=s)
-        scores[s] = float(attribute_matches(judge.predict(to_tensor(imgs)), specs)["all"].mean())
+    for t in temps:
+        for s in grid:
+            imgs, _ = generate(pipe, n, 60, seed=50_000, prompts=[x.caption() for x in specs], guidance_scale=s,
+                               temperature=t)
+            scores[(s, t)] = float(attribute_matches(judge.predict(to_tensor(imgs)), specs)["all"].mean())
     return max(scores, key=scores.get), scores
 
 
-def pick_cfg_digits(pipe, judge, grid, per_class=6):
+def pick_cfg_digits(pipe, judge, grid, temps=(1.0,), per_class=6):
+    """-> ((cfg, temperature) with the best validation class consistency, {(cfg, temperature): score})."""
     import numpy as np
 
     labels = np.repeat(np.arange(10), per_class)
     scores = {}
-    for s in grid:
-        imgs, _ = generate(pipe, len(labels), 60, seed=50_000, labels=labels.tolist(), guidance_scale=s)
-        scores[s] = float((judge.predict(to_tensor(imgs)) == labels).mean())
+    for t in temps:
+        for s in grid:
+            imgs, _ = generate(pipe, len(labels), 60, seed=50_000, labels=labels.tolist(), guidance_scale=s,
+                               temperature=t)
+            scores[(s, t)] = float((judge.predict(to_tensor(imgs)) == labels).mean())
     return max(scores, key=scores.get), scores
+
+
+def _key(cfg: float, temperature: float, temps) -> str:
+    """validation_scores key: the cfg alone when only one temperature was tried (older eval.json files)."""
+    return str(cfg) if len(temps) == 1 else f"cfg={cfg},temperature={temperature}"
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--cfg-grid", type=float, nargs="+", default=[1.5, 2.0, 3.0, 4.0])
+    ap.add_argument("--temperature-grid", type=float, nargs="+", default=[1.0],
+                    help="sampling temperatures tried jointly with --cfg-grid on the validation set")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--models", "--only", nargs="+", default=["scenes-t2i", "digits-c2i"],
                     help="shipped pipeline names or folders (text-to-image scenes or class-to-image digits)")
     args = ap.parse_args(argv)
+    if any(t <= 0 for t in args.temperature_grid):
+        raise ValueError(f"temperature-grid values must be > 0, got {args.temperature_grid}")
+    temps = list(dict.fromkeys(args.temperature_grid))
     threads = set_threads(args.threads)
     scene_judge, digit_judge = load_judges()
     for name in args.models:
@@ -74,17 +92,24 @@ def main(argv=None):
         t0 = time.time()
         scenes = not pipe.transformer.is_class_conditional
         if scenes:
-            cfg, scores = pick_cfg_scenes(pipe, scene_judge, args.cfg_grid)
-            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n, guidance_scale=cfg)
+            (cfg, temp), scores = pick_cfg_scenes(pipe, scene_judge, args.cfg_grid, temps)
+            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n, guidance_scale=cfg, temperature=temp)
         else:
-            cfg, scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid)
-            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg)
-        (folder / "recommended.json").write_text(json.dumps({"guidance_scale": cfg}, indent=2))
+            (cfg, temp), scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid, temps)
+            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg,
+                                             temperature=temp)
+        rec = {"guidance_scale": cfg, "temperature": temp}
+        tmp = folder / "recommended.json.tmp"  # atomic: the CLI/app read this file
+        tmp.write_text(json.dumps(rec, indent=2))
+        tmp.replace(folder / "recommended.json")
         res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
-        res.update(guidance_scale=cfg, validation_scores={str(k): round(v, 4) for k, v in scores.items()},
+        res.update(guidance_scale=cfg, temperature=temp,
+                   validation_scores={_key(*k, temps): round(v, 4) for k, v in scores.items()},
                    decoding=pipe.transformer.native_decoding, threads=threads, date=str(date.today()),
                    eval_seconds=round(time.time() - t0, 1),
-                   tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py --models " + name)
+                   tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py " + " ".join(
+                       ["--cfg-grid", *map(str, args.cfg_grid)]
+                       + (["--temperature-grid", *map(str, temps)] if len(temps) > 1 else []) + ["--models", name]))
         (folder / "eval.json").write_text(json.dumps(res, indent=2))
         print(name, json.dumps(res))
 

@@ -217,3 +217,24 @@ def test_parallel_decoding_runs_on_the_shipped_companion_model(tmp_path):
     # no decoding given: the checkpoint's own order is recorded
     run_batch(read_items(classes=[2]), tmp_path / "q", str(model_path("digits-c2i-nar")), progress=False)
     assert records(tmp_path / "q")[0]["decoding"] == "nar"
+
+
+def test_recommended_sampling_settings_are_the_defaults(t2i_dir, tmp_path):
+    """recommended.json (picked on validation by scripts/evaluate.py) fills guidance scale and temperature
+    when the caller gives none; explicit values win; the app's sliders start there too."""
+    sys.path.insert(0, str(ROOT))
+    import app
+
+    (t2i_dir / "recommended.json").write_text(json.dumps({"guidance_scale": 2.0, "temperature": 0.4}))
+    items = read_items(classes=None, source=_write(tmp_path / "p.txt", PROMPTS[:1]))
+    run_batch(items, tmp_path / "rec", t2i_dir, progress=False)
+    r = records(tmp_path / "rec")[0]
+    assert (r["guidance_scale"], r["temperature"]) == (2.0, 0.4)
+    run_batch(items, tmp_path / "own", t2i_dir, guidance_scale=1.0, temperature=0.9, progress=False)
+    r = records(tmp_path / "own")[0]
+    assert (r["guidance_scale"], r["temperature"]) == (1.0, 0.9)
+    assert app._recommended(str(t2i_dir), "temperature", 1.0) == 0.4
+    (t2i_dir / "recommended.json").write_text(json.dumps({"guidance_scale": 2.0}))  # older files: no temperature
+    assert app._recommended(str(t2i_dir), "temperature", 1.0) == 1.0
+    run_batch(items, tmp_path / "old", t2i_dir, progress=False)
+    assert records(tmp_path / "old")[0]["temperature"] == 1.0

@@ -198,13 +198,14 @@ def write_grid(out: Path, items: list[BatchItem], grid_max: int) -> "Path | None
 def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str | None" = None, *,
               decoding: "str | None" = None, decoding_options: "dict | None" = None,
               guidance_scale: "float | None" = None, top_k: int = 0, top_p: float = 1.0,
-              temperature: float = 1.0, batch_size: int = 8, cpu: "bool | None" = None, grid_max: int = 64,
+              temperature: "float | None" = None, batch_size: int = 8, cpu: "bool | None" = None, grid_max: int = 64,
               progress: bool = True) -> dict:
     """Generate every unfinished item into ``out_dir`` on this process's share; returns a summary.
 
     ``model``: pipeline folder or shipped name (default ``scenes-t2i`` for prompts, ``digits-c2i`` for
     classes; ``decoding="nar"``/``"nbp"`` on a shipped raster name uses its ``-nar``/``-nbp`` companion).
-    ``decoding``: registered name, ``None`` = the generator's own order. ``cpu``: passed to
+    ``decoding``: registered name, ``None`` = the generator's own order. ``guidance_scale`` /
+    ``temperature`` ``None``: the checkpoint's ``recommended.json`` (else 3.0 / 1.0). ``cpu``: passed to
     ``PartialState`` (default: True when CUDA is unavailable).
     """
     from tqdm.auto import tqdm
@@ -225,6 +226,8 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     ckpt = model_path(model_for_decoding(model, decoding, "digits-c2i" if by_class else "scenes-t2i")).resolve()
     if guidance_scale is None:
         guidance_scale = float(recommended(ckpt).get("guidance_scale", 3.0))
+    if temperature is None:
+        temperature = float(recommended(ckpt).get("temperature", 1.0))
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
     if decoding is None:  # the generator's own order, read from its config without loading weights
         from ..models.ar_transformer import decoding_for_order
