@@ -121,6 +121,24 @@ def test_diagonal_order_round_trips_to_raster():
             assert all(sum(divmod(int(c), g)) == s for c in cells)
 
 
+@pytest.mark.parametrize("order", ["raster", "nar", "nbp"])
+def test_kv_cache_layout(order):
+    """NAR keeps its cache in generation order: feeding the diagonals in turn fills one contiguous prefix of
+    the cache, so each step attends over exactly the slots written so far; the other orders store raster."""
+    m = _model(order)
+    n = m.num_tokens
+    idx = m.cache_index[:n]
+    if order == "nar":
+        assert torch.equal(idx[torch.cat(diagonals(4))], torch.arange(n))
+    else:
+        assert torch.equal(m.cache_index, torch.arange(len(m.cache_index)))  # incl. raster's scratch slots
+    stored = m.prefix_slots + idx  # the token at raster position i lives in cache slot stored[i]
+    assert torch.equal(m.key_rank[stored], m.slot_rank[m.prefix_slots + torch.arange(n)])
+    assert torch.equal(m.key_rank[:m.prefix_slots], m.slot_rank[:m.prefix_slots])
+    if order == "nar":
+        assert bool((m.key_rank.diff() >= 0).all())  # generation order = non-decreasing rank
+
+
 def test_parallel_decoders_reject_the_wrong_generator():
     m = _model("raster")
     state = m.prefill(Condition(class_labels=torch.tensor([1])))

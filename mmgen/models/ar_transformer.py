@@ -218,6 +218,19 @@ class ARTransformer(ModelMixin, ConfigMixin):
             image_rank = prefix_len + 1 + rows // block_rows
         rank = torch.cat([torch.arange(prefix_len), torch.full((self.bov,), prefix_len), image_rank])
         self.register_buffer("slot_rank", rank, persistent=False)  # (S,)
+        # KV-cache layout: image position -> offset after the prefix. Raster / NBP store in raster order; NAR
+        # stores in generation order (diagonal by diagonal), so each decode step's keys are one contiguous
+        # prefix of the cache (shorter attention). ``key_rank`` (S,) = rank of the token stored in each slot.
+        if order == "nar":
+            gen_order = sorted(range(len(n)), key=lambda i: (int(rows[i] + cols[i]), int(rows[i])))
+            cache_index = torch.empty(len(n), dtype=torch.long)
+            cache_index[torch.tensor(gen_order)] = torch.arange(len(n))
+        else:
+            cache_index = n.clone()
+        key_rank = rank.clone()
+        key_rank[self.prefix_slots + cache_index] = rank[self.prefix_slots + n]
+        self.register_buffer("cache_index", cache_index, persistent=False)  # (N,)
+        self.register_buffer("key_rank", key_rank, persistent=False)  # (S,)
         cos, sin = rope_2d_table(coords, dim // n_heads, rope_base)  # (S, hd/2)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
@@ -240,12 +253,18 @@ class ARTransformer(ModelMixin, ConfigMixin):
     def capabilities(self) -> frozenset:
         return frozenset({"ar", "speculative"}) if self.order == "raster" else frozenset({self.order})
 
-    def attention_mask(self, q_slots: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
-        """q_slots (B, T), key_valid (B, S) -> bool (B, T, S): rank(key) <= rank(query), valid keys, self always."""
-        r = self.slot_rank[: key_valid.shape[1]]
+    def attention_mask(self, q_slots: torch.Tensor, key_valid: torch.Tensor,
+                       write_slots: torch.Tensor | None = None) -> torch.Tensor:
+        """q_slots (B, T), key_valid (B, S) -> bool (B, T, S): rank(key) <= rank(query), valid keys, self always.
+
+        Keys are the sequence itself (slot = raster slot), or with ``write_slots`` (B, T) the KV cache, whose
+        slot k holds a token of rank ``key_rank[k]`` and where the queries were written at ``write_slots``.
+        """
+        cached = write_slots is not None
+        r = (self.key_rank if cached else self.slot_rank)[: key_valid.shape[1]]
         kidx = torch.arange(key_valid.shape[1], device=q_slots.device)
         mask = (r[None, None, :] <= self.slot_rank[q_slots][:, :, None]) & key_valid[:, None, :]
-        return mask | (kidx[None, None, :] == q_slots[:, :, None])
+        return mask | (kidx[None, None, :] == (write_slots if cached else q_slots)[:, :, None])
 
     # ------------------------------------------------------------------ conditioning
     @property
@@ -297,18 +316,21 @@ class ARTransformer(ModelMixin, ConfigMixin):
         return Condition(text_features=feats, text_mask=torch.ones(feats.shape[:2], dtype=torch.bool, device=feats.device))
 
     # ------------------------------------------------------------------ shared forward
-    def _run(self, x, slots, key_valid_rows, caches=None, kv_end=None):
+    def _run(self, x, slots, key_valid_rows, caches=None, kv_end=None, write_slots=None):
         """x (B, T, d) at slots (B, T); key_valid_rows (B, S) -> (right/base hidden (B, T, d), down hidden or None).
 
-        With ``caches`` (one (k, v) per block, the NAR down block last) K/V are written at ``slots``.
+        With ``caches`` (one (k, v) per block, the NAR down block last) K/V are written at ``write_slots``
+        (B, T) (default ``slots``; see ``cache_index``) and attention reads cache slots [0, kv_end).
         """
-        mask = self.attention_mask(slots, key_valid_rows)[:, None]  # (B, 1, T, S)
+        if caches is not None and write_slots is None:
+            write_slots = slots
+        mask = self.attention_mask(slots, key_valid_rows, write_slots)[:, None]  # (B, 1, T, S)
         cos, sin = self.rope_cos[slots], self.rope_sin[slots]
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, mask, None if caches is None else caches[i], slots, kv_end)
+            x = layer(x, cos, sin, mask, None if caches is None else caches[i], write_slots, kv_end)
         down = None
         if self.order == "nar":
-            d = self.down_block(x, cos, sin, mask, None if caches is None else caches[-1], slots, kv_end)
+            d = self.down_block(x, cos, sin, mask, None if caches is None else caches[-1], write_slots, kv_end)
             down = self.down_norm(d)
         return self.norm(x), down
 
@@ -454,9 +476,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
             tokens, positions2 = tokens.repeat(2, 1), positions.repeat(2, 1)
         else:
             positions2 = positions
-        slots = positions2 + state.prefix_len
-        kv_end = int(slots.max()) + 1
-        h, down = self._run(self.tok_embeddings(tokens), slots, state.key_valid[:, :kv_end], state.caches, kv_end)
+        slots = positions2 + state.prefix_len  # (B', T) raster slots: RoPE and rank
+        write = self.cache_index[positions2] + state.prefix_len  # (B', T) cache slots
+        kv_end = int(write.max()) + 1
+        h, down = self._run(self.tok_embeddings(tokens), slots, state.key_valid[:, :kv_end], state.caches, kv_end,
+                            write_slots=write)
         state.cache_len = positions[:, -1] + 1 if self.order == "raster" else state.cache_len + t
         logits, logits_down = self._heads(state, h, down, positions)
         return StepOutput(logits=logits, hidden=h[:b], logits_down=logits_down)
