@@ -22,6 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmgen.assets import model_for_decoding, model_path  # noqa: E402
+from mmgen.cli import recommended  # noqa: E402
 from mmgen.decoding import DECODERS  # noqa: E402
 
 log = logging.getLogger("mmgen.app")
@@ -58,8 +59,7 @@ def load_pipeline(name_or_folder: str):
 def _recommended(name_or_folder: str, key: str = "guidance_scale", default: float = 3.0) -> float:
     """A value of the model's ``recommended.json`` (guidance_scale, temperature), if the folder exists yet."""
     try:
-        f = model_path(name_or_folder) / "recommended.json"
-        return float(json.loads(f.read_text()).get(key, default)) if f.exists() else default
+        return float(recommended(model_path(name_or_folder)).get(key, default))
     except (ValueError, OSError, TypeError):
         return default
 

@@ -224,10 +224,11 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
         raise ValueError("items must be indexed 0..n-1 (use read_items)")
     by_class = items[0].class_label is not None
     ckpt = model_path(model_for_decoding(model, decoding, "digits-c2i" if by_class else "scenes-t2i")).resolve()
+    rec = recommended(ckpt) if guidance_scale is None or temperature is None else {}
     if guidance_scale is None:
-        guidance_scale = float(recommended(ckpt).get("guidance_scale", 3.0))
+        guidance_scale = float(rec.get("guidance_scale", 3.0))
     if temperature is None:
-        temperature = float(recommended(ckpt).get("temperature", 1.0))
+        temperature = float(rec.get("temperature", 1.0))
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
     if decoding is None:  # the generator's own order, read from its config without loading weights
         from ..models.ar_transformer import decoding_for_order
