@@ -52,6 +52,8 @@ def methods(drafter: str | None, only=None):
          ("GSD G=3", "gsd", {"group_size": 3}),
          ("GSD G=14 (code)", "gsd", {}),
          ("GSD G=25", "gsd", {"group_size": 25}),
+         ("GSD G=14 above-init", "gsd", {"init": "above"}),
+         ("GSD G=25 above-init", "gsd", {"group_size": 25, "init": "above"}),
          ("LANTERN self d=0.1", "lantern", {"delta": 0.1}),
          ("LANTERN self d=0.25", "lantern", {"delta": 0.25})]
     if drafter:

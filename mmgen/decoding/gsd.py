@@ -63,8 +63,8 @@ class GSDDecoder(SJDDecoder):
     def group(self, p: torch.Tensor, drafts: torch.Tensor):
         """p (B, K, V), drafts (B, K) -> candidate ids (B, K, G) and membership mask (B, K, G)."""
         v = p.shape[-1]
-        order = p.argsort(-1)  # (B, K, V) ascending by P (one sort per iteration)
-        rank = order.argsort(-1).gather(-1, drafts[..., None])  # (B, K, 1)
+        order = p.argsort(dim=-1, stable=True)  # (B, K, V) ascending by P (the one sort per iteration)
+        rank = (order == drafts[..., None]).int().argmax(-1, keepdim=True)  # (B, K, 1): where d sits, O(V)
         offs = torch.arange(self.group_size, device=p.device) - self.group_size // 2  # (G,)
         r = rank + offs  # (B, K, G)
         inside = (r >= 0) & (r < v)
