@@ -54,6 +54,10 @@ def methods(drafter: str | None, only=None):
          ("GSD G=25", "gsd", {"group_size": 25}),
          ("GSD G=14 above-init", "gsd", {"init": "above"}),
          ("GSD G=25 above-init", "gsd", {"group_size": 25, "init": "above"}),
+         ("SJD L=32", "sjd", {"window": 32}),
+         ("SJD above-init L=32", "sjd", {"init": "above", "window": 32}),
+         ("GSD G=25 L=32", "gsd", {"group_size": 25, "window": 32}),
+         ("GSD G=25 above-init L=32", "gsd", {"group_size": 25, "init": "above", "window": 32}),
          ("LANTERN self d=0.1", "lantern", {"delta": 0.1}),
          ("LANTERN self d=0.25", "lantern", {"delta": 0.25})]
     if drafter:
