@@ -6,7 +6,7 @@
         --out docs/speculative_tradeoff.png
 
 Run time on one CPU thread: digits (64 tokens) ~6 min at n=100; scenes (256 tokens) ~1 min per
-method at n=50, so ~15 min for all 12 methods (``--methods`` picks a subset; AR always runs).
+method at n=50, so ~20 min for all 19 methods (``--methods`` picks a subset; AR always runs).
 The scenes drafter must exist first (``python -m mmgen.train.train_drafter --model assets/scenes-t2i
 --out assets/scenes-t2i-drafter``), else the drafter rows are skipped.
 
