@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from mmgen.assets import model_for_decoding, model_path  # noqa: E402
-from mmgen.cli import recommended  # noqa: E402
+from mmgen.cli import SAMPLING_DEFAULTS, recommended  # noqa: E402
 from mmgen.decoding import DECODERS  # noqa: E402
 
 log = logging.getLogger("mmgen.app")
@@ -56,12 +56,13 @@ def load_pipeline(name_or_folder: str):
         return _CACHE[key]
 
 
-def _recommended(name_or_folder: str, key: str = "guidance_scale", default: float = 3.0) -> float:
-    """A value of the model's ``recommended.json`` (guidance_scale, temperature), if the folder exists yet."""
+def _recommended(name_or_folder: str, key: str = "guidance_scale") -> float:
+    """A value of the model's ``recommended.json`` (guidance_scale, temperature); the default while the
+    folder does not exist yet or its file cannot be read."""
     try:
-        return float(recommended(model_path(name_or_folder)).get(key, default))
+        return float(recommended(model_path(name_or_folder))[key])
     except (ValueError, OSError, TypeError):
-        return default
+        return SAMPLING_DEFAULTS[key]
 
 
 def parse_options(text: str | None) -> dict:
@@ -312,7 +313,7 @@ def _speech_tab(tts_model: str) -> None:
 
 
 def _sampling_controls(model: str, prefix: str):
-    default_cfg, default_temp = _recommended(model, "guidance_scale", 3.0), _recommended(model, "temperature", 1.0)
+    default_cfg, default_temp = _recommended(model, "guidance_scale"), _recommended(model, "temperature")
     methods = sorted(DECODERS)
     with gr.Row():
         decoding = gr.Dropdown(methods, value="ar" if "ar" in methods else methods[0], label="decoding method",

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from mmgen.assets import model_path
+from mmgen.cli import recommended
 from mmgen.decoding import SamplingConfig, final_probs
 from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges, scene_prompts
 from mmgen.models import Condition
@@ -142,10 +143,9 @@ def run(args):
     root = model_path(args.model)
     pipe = ARImagePipeline.from_pretrained(root)
     pipe.set_progress_bar_config(disable=True)
-    rec_f = root / "recommended.json"
-    rec = json.loads(rec_f.read_text()) if rec_f.exists() else {}
-    guidance = args.guidance if args.guidance is not None else rec.get("guidance_scale", 3.0)
-    samp = dict(temperature=rec.get("temperature", 1.0), top_k=rec.get("top_k", 0), top_p=rec.get("top_p", 1.0))
+    rec = recommended(root)
+    guidance = args.guidance if args.guidance is not None else rec["guidance_scale"]
+    samp = dict(temperature=rec["temperature"], top_k=rec.get("top_k", 0), top_p=rec.get("top_p", 1.0))
     if args.top_k is not None:
         samp["top_k"] = args.top_k
     sampling = SamplingConfig(**samp)

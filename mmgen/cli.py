@@ -60,11 +60,14 @@ def load_pipeline(model: str):
     return pipe
 
 
+SAMPLING_DEFAULTS = {"guidance_scale": 3.0, "temperature": 1.0}  # when a model folder recommends nothing
+
+
 def recommended(model_dir: Path) -> dict:
     """``recommended.json`` of a model folder (guidance_scale, optionally temperature; picked on
-    validation prompts by scripts/evaluate.py), or the defaults."""
+    validation prompts by scripts/evaluate.py) over :data:`SAMPLING_DEFAULTS`: both keys always present."""
     f = Path(model_dir) / "recommended.json"
-    return json.loads(f.read_text()) if f.exists() else {"guidance_scale": 3.0}
+    return {**SAMPLING_DEFAULTS, **(json.loads(f.read_text()) if f.exists() else {})}
 
 
 def cmd_generate(args) -> int:
@@ -81,9 +84,9 @@ def cmd_generate(args) -> int:
     rec = recommended(model_path(model))
     kw = dict(prompt=args.prompt) if args.prompt is not None else dict(class_labels=args.class_id)
     out = pipe(**kw, num_images_per_prompt=args.batch,
-               guidance_scale=args.cfg if args.cfg is not None else rec.get("guidance_scale", 3.0),
+               guidance_scale=args.cfg if args.cfg is not None else rec["guidance_scale"],
                top_k=args.top_k, top_p=args.top_p,
-               temperature=args.temperature if args.temperature is not None else rec.get("temperature", 1.0),
+               temperature=args.temperature if args.temperature is not None else rec["temperature"],
                generator=torch.Generator().manual_seed(args.seed), decoding=args.decoding,
                decoding_options=json.loads(args.decoding_options))
     out_path = Path(args.out)

@@ -233,8 +233,8 @@ def test_recommended_sampling_settings_are_the_defaults(t2i_dir, tmp_path):
     run_batch(items, tmp_path / "own", t2i_dir, guidance_scale=1.0, temperature=0.9, progress=False)
     r = records(tmp_path / "own")[0]
     assert (r["guidance_scale"], r["temperature"]) == (1.0, 0.9)
-    assert app._recommended(str(t2i_dir), "temperature", 1.0) == 0.4
+    assert app._recommended(str(t2i_dir), "temperature") == 0.4
     (t2i_dir / "recommended.json").write_text(json.dumps({"guidance_scale": 2.0}))  # older files: no temperature
-    assert app._recommended(str(t2i_dir), "temperature", 1.0) == 1.0
+    assert app._recommended(str(t2i_dir), "temperature") == 1.0
     run_batch(items, tmp_path / "old", t2i_dir, progress=False)
     assert records(tmp_path / "old")[0]["temperature"] == 1.0

@@ -205,7 +205,7 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     ``model``: pipeline folder or shipped name (default ``scenes-t2i`` for prompts, ``digits-c2i`` for
     classes; ``decoding="nar"``/``"nbp"`` on a shipped raster name uses its ``-nar``/``-nbp`` companion).
     ``decoding``: registered name, ``None`` = the generator's own order. ``guidance_scale`` /
-    ``temperature`` ``None``: the checkpoint's ``recommended.json`` (else 3.0 / 1.0). ``cpu``: passed to
+    ``temperature`` ``None``: the checkpoint's ``recommended.json`` (else ``mmgen.cli.SAMPLING_DEFAULTS``). ``cpu``: passed to
     ``PartialState`` (default: True when CUDA is unavailable).
     """
     from tqdm.auto import tqdm
@@ -226,9 +226,9 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
     ckpt = model_path(model_for_decoding(model, decoding, "digits-c2i" if by_class else "scenes-t2i")).resolve()
     rec = recommended(ckpt) if guidance_scale is None or temperature is None else {}
     if guidance_scale is None:
-        guidance_scale = float(rec.get("guidance_scale", 3.0))
+        guidance_scale = float(rec["guidance_scale"])
     if temperature is None:
-        temperature = float(rec.get("temperature", 1.0))
+        temperature = float(rec["temperature"])
     SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p)  # validates, names the argument
     if decoding is None:  # the generator's own order, read from its config without loading weights
         from ..models.ar_transformer import decoding_for_order
