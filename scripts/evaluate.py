@@ -35,6 +35,7 @@ from mmgen.eval.evaluate import (  # noqa: E402
 from mmgen.eval.judges import attribute_matches  # noqa: E402
 from mmgen.data import to_tensor  # noqa: E402
 from mmgen.pipelines import ARImagePipeline  # noqa: E402
+from mmgen.pipelines.batch import atomic_write_bytes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
 
@@ -98,10 +99,8 @@ def main(argv=None):
             (cfg, temp), scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid, temps)
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg,
                                              temperature=temp)
-        rec = {"guidance_scale": cfg, "temperature": temp}
-        tmp = folder / "recommended.json.tmp"  # atomic: the CLI/app read this file
-        tmp.write_text(json.dumps(rec, indent=2))
-        tmp.replace(folder / "recommended.json")
+        rec = {"guidance_scale": cfg, "temperature": temp}  # atomic: the CLI/app read this file
+        atomic_write_bytes(folder / "recommended.json", json.dumps(rec, indent=2).encode())
         res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
         res.update(guidance_scale=cfg, temperature=temp,
                    validation_scores={_key(*k, temps): round(v, 4) for k, v in scores.items()},
