@@ -24,6 +24,7 @@ from mmgen.decoding import SamplingConfig, get_decoder
 from mmgen.models import Condition
 from mmgen.models.ar_transformer import ffn_hidden
 from mmgen.pipelines import ARImagePipeline
+from mmgen.pipelines.batch import atomic_write_json
 from mmgen.train.common import set_threads
 
 
@@ -105,8 +106,7 @@ def main(argv=None):
             "date": str(date.today()), "repeats": args.repeats}
     print(json.dumps(meta))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
 
 
 if __name__ == "__main__":

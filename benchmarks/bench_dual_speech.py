@@ -14,7 +14,6 @@ and the text read back from the semantic tokens alone by the CTC head (what the 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmgen.audio import default_judge, load_corpus  # noqa: E402
 from mmgen.audio.corpus import TEST_SPEED, TEST_VOICE, synthesize  # noqa: E402
 from mmgen.pipelines import DualTokenSpeechPipeline  # noqa: E402
+from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
 
@@ -77,10 +77,7 @@ def main(argv=None):
     for r in rows:
         print({k: v for k, v in r.items() if k != "hyps"})
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

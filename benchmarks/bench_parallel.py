@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 from mmgen.assets import model_path
 from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges
 from mmgen.pipelines import ARImagePipeline
+from mmgen.pipelines.batch import atomic_write_json
 from mmgen.train.common import set_threads
 
 
@@ -72,11 +72,8 @@ def main(argv=None):
             "date": str(date.today()), "torch": torch.__version__, "repeats": args.repeats,
             "command": "python benchmarks/bench_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])}
     print(json.dumps({"meta": meta, "rows": rows}, indent=2))
-    if args.json:  # atomic write
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=2)
-        os.replace(tmp, args.json)
+    if args.json:
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
 
 
 def _time_methods(methods: dict, rows: dict, args, threads: int, extra: list) -> None:

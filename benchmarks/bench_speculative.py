@@ -43,6 +43,7 @@ from mmgen.decoding import SamplingConfig, final_probs
 from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges, scene_prompts
 from mmgen.models import Condition
 from mmgen.pipelines import ARImagePipeline
+from mmgen.pipelines.batch import atomic_write_json
 from mmgen.train.common import set_threads
 
 
@@ -203,8 +204,7 @@ def run(args):
     print(json.dumps(meta))
     table(rows, args.batches)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        atomic_write_json(args.json, {"meta": meta, "rows": rows})
 
 
 def table(rows, batches):

@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmgen.assets import assets_dir  # noqa: E402
 from mmgen.eval.evaluate import load_judges  # noqa: E402
 from mmgen.eval.tokenizer_metrics import prefix_curve, tokenizer_report  # noqa: E402
+from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.tokenizers_visual import load_tokenizer  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
@@ -81,7 +82,7 @@ def main(argv=None):
         print(json.dumps(row))
     result = {"rows": rows, "threads": threads, "date": str(date.today()), "machine": "2-core CPU (shared), torch "
               + torch.__version__, "command": "python benchmarks/bench_tokenizers.py " + " ".join(argv or sys.argv[1:])}
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    atomic_write_json(args.out, result)
     cols = ["tokens_per_image", "bits_per_image", "psnr_scenes", "ssim_scenes", "psnr_photos", "ssim_photos",
             "codebook_usage", "encode_ms_per_image", "decode_ms_per_image", "scenes_adherence_after_vq",
             "t2i_adherence", "t2i_judge_fd"]

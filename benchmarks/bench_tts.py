@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.audio import MelRVQCodec, KMeansSpeechTokenizer, default_judge, load_corpus  # noqa: E402
 from mmgen.audio.corpus import CORPUS_VERSION, TEST_VOICE, sentence_pool, synthesize, training_pool  # noqa: E402
+from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, head_frames, text_to_ids, vocode_codes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
@@ -163,10 +164,7 @@ def main(argv=None):
     for r in rows:
         print({k: v for k, v in r.items() if k != "hyps"})
     if args.json:  # atomic: a crash never leaves a half-written result
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.json).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(args.json)
+        atomic_write_json(args.json, result)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from mmgen.eval.evaluate import (  # noqa: E402
 from mmgen.eval.judges import attribute_matches  # noqa: E402
 from mmgen.data import to_tensor  # noqa: E402
 from mmgen.pipelines import ARImagePipeline  # noqa: E402
-from mmgen.pipelines.batch import atomic_write_bytes  # noqa: E402
+from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 
 
@@ -100,7 +100,7 @@ def main(argv=None):
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg,
                                              temperature=temp)
         rec = {"guidance_scale": cfg, "temperature": temp}  # atomic: the CLI/app read this file
-        atomic_write_bytes(folder / "recommended.json", json.dumps(rec, indent=2).encode())
+        atomic_write_json(folder / "recommended.json", rec)
         res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
         res.update(guidance_scale=cfg, temperature=temp,
                    validation_scores={_key(*k, temps): round(v, 4) for k, v in scores.items()},
@@ -109,7 +109,7 @@ def main(argv=None):
                    tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py " + " ".join(
                        ["--cfg-grid", *map(str, args.cfg_grid)]
                        + (["--temperature-grid", *map(str, temps)] if len(temps) > 1 else []) + ["--models", name]))
-        (folder / "eval.json").write_text(json.dumps(res, indent=2))
+        atomic_write_json(folder / "eval.json", res)
         print(name, json.dumps(res))
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from conftest import randomize
 from mmgen.cli import main as cli_main
-from mmgen.pipelines.batch import METADATA, PARTS, read_items, run_batch
+from mmgen.pipelines.batch import METADATA, PARTS, atomic_write_json, read_items, run_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a small red circle on the left, white background", "a large blue square in the center, black background",
@@ -238,3 +238,13 @@ def test_recommended_sampling_settings_are_the_defaults(t2i_dir, tmp_path):
     assert app._recommended(str(t2i_dir), "temperature") == 1.0
     run_batch(items, tmp_path / "old", t2i_dir, progress=False)
     assert records(tmp_path / "old")[0]["temperature"] == 1.0
+
+
+def test_atomic_write_json_replaces_whole_files_only(tmp_path):
+    path = tmp_path / "sub" / "result.json"
+    atomic_write_json(path, {"rows": [1, 2]})
+    assert json.loads(path.read_text()) == {"rows": [1, 2]}
+    with pytest.raises(TypeError):  # not serialisable: fails before anything is written
+        atomic_write_json(path, {"rows": object()})
+    assert json.loads(path.read_text()) == {"rows": [1, 2]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temp file left behind

@@ -105,6 +105,13 @@ def read_items(source: "str | os.PathLike | None" = None, classes: "list[int] | 
     return items
 
 
+def atomic_write_json(path: "str | Path", obj) -> None:
+    """``obj`` as indented JSON to ``path`` (parent folders made), atomically: a crash leaves the old file or none."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, json.dumps(obj, indent=2).encode())
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to a hidden temp file next to ``path`` and rename it into place."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
