@@ -70,6 +70,17 @@ def recommended(model_dir: Path) -> dict:
     return {**SAMPLING_DEFAULTS, **(json.loads(f.read_text()) if f.exists() else {})}
 
 
+def _decoding_options(text: str) -> dict:
+    """--decoding-options -> dict, or a ValueError naming the flag."""
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--decoding-options must be a JSON object: {e.msg}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--decoding-options must be a JSON object, got {text!r}")
+    return options
+
+
 def cmd_generate(args) -> int:
     import torch
 
@@ -79,6 +90,7 @@ def cmd_generate(args) -> int:
     set_threads(args.threads)
     if (args.prompt is None) == (args.class_id is None):
         raise ValueError("pass exactly one of --prompt and --class")
+    options = _decoding_options(args.decoding_options)
     model = model_for_decoding(args.model, args.decoding, "scenes-t2i" if args.prompt is not None else "digits-c2i")
     pipe = load_pipeline(model)
     rec = recommended(model_path(model))
@@ -88,7 +100,7 @@ def cmd_generate(args) -> int:
                top_k=args.top_k, top_p=args.top_p,
                temperature=args.temperature if args.temperature is not None else rec["temperature"],
                generator=torch.Generator().manual_seed(args.seed), decoding=args.decoding,
-               decoding_options=json.loads(args.decoding_options))
+               decoding_options=options)
     out_path = Path(args.out)
     if len(out.images) == 1:
         _atomic_save(out.images[0], out_path)
@@ -187,12 +199,7 @@ def cmd_batch(args) -> int:
     from .train.common import set_threads
 
     set_threads(args.threads)
-    try:
-        options = json.loads(args.decoding_options)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--decoding-options must be a JSON object: {e.msg}") from None
-    if not isinstance(options, dict):
-        raise ValueError("--decoding-options must be a JSON object")
+    options = _decoding_options(args.decoding_options)
     items = read_items(args.input, classes=args.classes, per_class=args.per_class, base_seed=args.seed)
     summary = run_batch(items, args.out, args.model, decoding=args.decoding, decoding_options=options,
                         guidance_scale=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,

@@ -237,3 +237,46 @@ def test_nbp_blocks_of_several_rows():
             _model("nbp", g=g, num_classes=10, block_rows=bad)
     with pytest.raises(ValueError, match="block_rows"):
         _model("nar", g=g, num_classes=10, block_rows=2)
+
+
+@pytest.mark.parametrize("order", ["nar", "nbp"])
+def test_step_callback_sees_committed_tokens_and_its_edits_are_used(order):
+    """NAR passes the committed cells in generation order (diagonal by diagonal), NBP the committed rows; an
+    edit returned by the callback replaces them before they are fed (here: every committed token set to 5)."""
+    from mmgen.decoding.nar import emission_order
+
+    m = _model(order)
+    seen = []
+
+    def edit(step, tokens):
+        seen.append(tokens.shape[1])
+        return torch.full_like(tokens, 5)
+
+    res = get_decoder(order).decode(m, m.prefill(Condition(class_labels=torch.tensor([1, 2]))), SamplingConfig(),
+                                    torch.Generator().manual_seed(0), edit)
+    assert torch.equal(res.tokens, torch.full((2, 16), 5))
+    if order == "nar":
+        sizes = [len(d) for d in diagonals(4)]
+        assert seen == [sum(sizes[:s + 1]) for s in range(7)]  # 1, 3, 6, 10, 13, 15, 16
+        assert sorted(emission_order(4).tolist()) == list(range(16))
+    else:
+        assert seen == [4, 8, 12, 16]
+    plain = get_decoder(order).decode(m, m.prefill(Condition(class_labels=torch.tensor([1, 2]))), SamplingConfig(),
+                                      torch.Generator().manual_seed(0), lambda s, t: None).tokens
+    assert not torch.equal(plain, res.tokens)  # the edits changed what was fed, not only the returned ids
+
+
+def test_speculative_decoding_on_a_parallel_generator_is_a_clear_error():
+    """Checked before the prefill (whose cache layout depends on the decoder), naming the decoder to use."""
+    from mmgen.pipelines import ARImagePipeline
+    from mmgen.tokenizers_visual import VQTokenizer
+
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    for order in ("nar", "nbp"):
+        pipe = ARImagePipeline(transformer=_model(order), vq=vq)
+        pipe.set_progress_bar_config(disable=True)
+        for name in ("sjd", "gsd", "lantern"):
+            with pytest.raises(ValueError, match=f"decoding='{name}' needs a raster-order generator.*'{order}'"):
+                pipe(class_labels=[3], decoding=name, output_type="latent")
+    with pytest.raises(ValueError, match="decoding='nar' needs a generator trained with order='nar'"):
+        ARImagePipeline(transformer=_model("raster"), vq=vq)(class_labels=[3], decoding="nar", output_type="latent")

@@ -20,7 +20,10 @@ def test_top_k_and_top_p_follow_their_definitions():
 
 
 @pytest.mark.parametrize("kwargs,arg", [({"top_p": 0.0}, "top_p"), ({"top_p": 1.5}, "top_p"),
-                                        ({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k")])
+                                        ({"temperature": 0.0}, "temperature"), ({"top_k": -1}, "top_k"),
+                                        ({"top_k": 2.5}, "top_k"), ({"top_k": None}, "top_k"), ({"top_k": True}, "top_k"),
+                                        ({"temperature": None}, "temperature"),
+                                        ({"temperature": float("inf")}, "temperature"), ({"top_p": "0.9"}, "top_p")])
 def test_bad_sampling_arguments(kwargs, arg):
     with pytest.raises(ValueError, match=arg):
         SamplingConfig(**kwargs)
@@ -54,3 +57,22 @@ def test_ar_decoder_greedy_is_argmax_of_the_model(c2i):
 def test_unknown_decoder_name():
     with pytest.raises(ValueError, match="decoding"):
         get_decoder("nope")
+
+
+def test_unknown_decoder_options_name_the_option():
+    with pytest.raises(ValueError, match=r"decoding_options \['windw'\] are not options of decoding='sjd'.*window"):
+        get_decoder("sjd", windw=8)
+    with pytest.raises(ValueError, match="decoding_options"):
+        get_decoder("ar", window=8)  # AR takes no options
+    assert get_decoder("gsd", group_size=3, window=4).group_size == 3
+
+
+def test_gsd_reads_a_unit_norm_codebook():
+    """GSD's distance threshold assumes l2-normalised code vectors; SEED's codebook is not normalised."""
+
+    class Tok:
+        codebook = 3.0 * torch.nn.functional.normalize(torch.randn(12, 4, generator=torch.Generator().manual_seed(0)), dim=-1)
+
+    dec = get_decoder("gsd")
+    dec.prepare(Tok())
+    assert torch.allclose(dec._emb.norm(dim=-1), torch.ones(12))

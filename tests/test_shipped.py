@@ -85,6 +85,10 @@ def test_cli_generate_and_info(tmp_path):
     (["--prompt", "a small red circle on the left, white background", "--cfg", "-1"], "guidance_scale"),
     (["--prompt", "a small red circle on the left, white background", "--top-p", "0"], "top_p"),
     (["--prompt", "x", "--model", "/nonexistent/folder"], "model"),
+    (["--class", "3", "--decoding", "sjd", "--decoding-options", '{"windw": 8}'], "['windw'] are not options"),
+    (["--class", "3", "--decoding-options", "[1]"], "--decoding-options must be a JSON object"),
+    (["--class", "3", "--decoding-options", "{window: 8}"], "--decoding-options must be a JSON object"),
+    (["--class", "3", "--top-k", "-1"], "top_k"),
 ])
 def test_cli_bad_inputs_give_clear_errors_and_no_file(tmp_path, args, msg):
     out = tmp_path / "bad.png"

@@ -361,3 +361,16 @@ def test_sjd_is_calibrated_on_the_shipped_digits_model():
     z = float((px.log() + h).sum() / var.sum().sqrt())
     assert abs(z) < 4, z
     assert res.stats.tokens_per_forward > 1.3
+
+
+def test_drafter_follows_the_generator_device_and_dtype(c2i):
+    """The shipped drafters load as float32 on the CPU; LANTERN moves the drafter to the generator's device and
+    dtype (here float64) instead of failing on the first drafter call."""
+    import copy
+
+    gen = copy.deepcopy(c2i).double()
+    cond = Condition(class_labels=torch.tensor([3, 7]))
+    ar, _ = run(gen, cond, "ar", GREEDY)
+    dr = tiny_drafter(c2i)
+    res, _ = run(gen, cond, "lantern", GREEDY, delta=0.0, drafter=dr, depth=3)
+    assert torch.equal(res.tokens, ar.tokens) and dr.fc.weight.dtype == torch.float64

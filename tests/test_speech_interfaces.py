@@ -126,6 +126,7 @@ def test_cli_stream_writes_the_same_audio_and_reports_first_chunk(capsys, tmp_pa
     ([TEXT, "--mctp", "0", "--stream"], "mctp must be an integer in \\[1, 3\\]"),
     ([TEXT, "--max-seconds", "60"], "max_seconds"),
     ([TEXT, "--temperature", "-1"], "temperature"),
+    ([TEXT, "--temperature", "1", "--top-k", "-1"], "top_k must be None or an integer >= 0"),
 ])
 def test_cli_bad_input_exits_nonzero_and_writes_nothing(capsys, tmp_path, tts_dir, args, msg):
     out = tmp_path / "sub" / "bad.wav"
@@ -290,3 +291,9 @@ def test_app_speech_endpoint_over_http(tts_dir):
     finally:
         client.close()
         demo.close()
+
+
+def test_speech_stats_count_accepted_lengths_per_row_like_the_image_decoders(pipe):
+    out = pipe([TEXT, TEXT], mctp=3, max_seconds=0.3)
+    assert len(out.stats.accepted_lengths) == 2 * out.stats.forward_passes  # one entry per row per backbone pass
+    assert sum(out.stats.accepted_lengths) == 2 * out.stats.tokens

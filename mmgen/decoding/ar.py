@@ -14,11 +14,10 @@ from .sampling import SamplingConfig, pick
 class ARDecoder(Decoder):
     """N forward passes for N tokens (prefill predicts token 0, then one step per token)."""
 
+    requires = "ar"
+
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
-        caps = getattr(generator, "capabilities", frozenset({"ar"}))
-        if "ar" not in caps:
-            raise ValueError(f"decoding='ar' needs a raster-order generator; this one was trained for "
-                             f"{sorted(caps)}: use decoding={sorted(caps)[0]!r}")
+        self.check_generator(generator)
         stats, t0 = self._start(state)
         b, n = state.batch_size, state.num_tokens
         dev = state.first_logits.device

@@ -8,6 +8,7 @@ Decoders see only the generator contract (``prefill`` already done -> ``state``;
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -59,9 +60,22 @@ class Decoder:
 
     name = "base"
     extra_slots = 0
+    requires: str | None = None  # generator capability the method needs ("ar", "speculative", "nar", "nbp")
 
     def prepare(self, tokenizer) -> None:
         """Read what the method needs from the tokenizer (default: nothing)."""
+
+    def check_generator(self, generator) -> None:
+        """Raise a ValueError naming the right decoder when ``generator`` lacks ``requires``; pipelines call
+        it before ``prefill`` (whose cache layout depends on the decoder), ``decode`` calls it again."""
+        caps = getattr(generator, "capabilities", frozenset({"ar", "speculative"}))
+        if self.requires is None or self.requires in caps:
+            return
+        if self.requires in ("ar", "speculative"):
+            raise ValueError(f"decoding={self.name!r} needs a raster-order generator; this one was trained for "
+                             f"{sorted(caps)}: use decoding={sorted(caps)[0]!r}")
+        raise ValueError(f"decoding={self.name!r} needs a generator trained with order={self.requires!r} "
+                         f"(e.g. assets/digits-c2i-{self.requires}); this one supports {sorted(caps)}")
 
     def decode(self, generator, state, sampling: SamplingConfig, rng: torch.Generator | None = None,
                callback: StepCallback | None = None) -> DecodeResult:
@@ -92,4 +106,9 @@ def get_decoder(decoding: "str | Decoder", **options) -> Decoder:
         return decoding
     if decoding not in DECODERS:
         raise ValueError(f"decoding must be one of {sorted(DECODERS)}, got {decoding!r}")
+    accepted = [k for k, p in inspect.signature(DECODERS[decoding].__init__).parameters.items()
+                if k != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"decoding_options {unknown} are not options of decoding={decoding!r} (accepted: {accepted})")
     return DECODERS[decoding](**options)

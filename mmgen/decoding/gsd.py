@@ -51,7 +51,7 @@ class GSDDecoder(SJDDecoder):
 
     def prepare(self, tokenizer) -> None:
         if self.embedding == "codebook" and getattr(tokenizer, "codebook", None) is not None:
-            self._emb = tokenizer.codebook.detach().float()
+            self._emb = F.normalize(tokenizer.codebook.detach().float(), dim=-1)  # SEED's codes are not unit
 
     def decode(self, generator, state, sampling, rng=None, callback=None):
         emb = self._emb

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .base import DecodeResult, register_decoder
 from .sampling import SamplingConfig, final_probs
-from .sjd import SJDDecoder, _multinomial, check_raster
+from .sjd import SJDDecoder, _multinomial
 
 
 def proximity_sets(emb: torch.Tensor, k: int) -> torch.Tensor:
@@ -142,8 +142,8 @@ class LanternDecoder(SJDDecoder):
 
     def _decode_drafter(self, generator, state, sampling, rng, callback) -> DecodeResult:
         """Chain drafting with the EAGLE head; per-row lengths as in SJD (see :mod:`.sjd`)."""
-        dr = self.drafter
-        check_raster(generator)
+        self.check_generator(generator)
+        dr = self.drafter.to(device=state.first_logits.device, dtype=state.first_hidden.dtype)
         dr.check_generator(generator)
         if state.extra_slots < self.extra_slots:
             raise ValueError(f"lantern needs prefill(..., extra_slots={self.extra_slots}), got {state.extra_slots}")

@@ -26,6 +26,12 @@ def diagonals(g: int) -> list[torch.Tensor]:
 
 
 @functools.lru_cache(maxsize=16)
+def emission_order(g: int) -> torch.Tensor:
+    """(G^2,) raster indices in NAR generation order: diagonal by diagonal, each by increasing row."""
+    return torch.cat(diagonals(g))
+
+
+@functools.lru_cache(maxsize=16)
 def neighbour_plan(g: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """For steps s = 1 .. 2G - 2: (cells, left, up) where ``cells`` (T',) are the raster indices of
     diagonal s and ``left`` / ``up`` (T',) the position inside diagonal s - 1 of each cell's left /
@@ -43,15 +49,22 @@ def neighbour_plan(g: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tenso
 
 @register_decoder("nar")
 class NARDecoder(Decoder):
+    """``callback(s, tokens)`` gets the committed tokens in generation order (diagonals 0..s, each by
+    increasing row: ``emission_order``), not a raster prefix; a returned edit (same shape) is written back
+    before diagonal s is fed."""
+
+    requires = "nar"
+
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
-        if "nar" not in generator.capabilities:
-            raise ValueError("decoding='nar' needs a generator trained with order='nar' (e.g. assets/digits-c2i-nar)")
+        self.check_generator(generator)
         stats, t0 = self._start(state)
         g, b = generator.grid_size, state.batch_size
         dev = state.first_logits.device
         tokens = torch.empty(b, g * g, dtype=torch.long, device=dev)
         tokens[:, 0] = pick(state.first_logits, sampling, rng)
         stats.accepted_lengths.extend([1] * b)
+        order = emission_order(g).to(dev)  # (G^2,) raster index of the i-th generated cell
+        self._emit(callback, 0, tokens, order[:1])
         prev = torch.zeros(1, dtype=torch.long, device=dev)  # diagonal 0
         done = 1
         for s, (cells, left, up) in enumerate(neighbour_plan(g), start=1):
@@ -66,11 +79,19 @@ class NARDecoder(Decoder):
             tokens[:, cells] = new
             done += len(cells)
             stats.accepted_lengths.extend([len(cells)] * b)
-            if callback is not None:
-                callback(s, tokens[:, :done])  # progress: count of committed tokens (not a raster prefix)
+            self._emit(callback, s, tokens, order[:done])
             prev = cells
         stats.wall_time = time.perf_counter() - t0
         return DecodeResult(tokens, stats)
+
+    @staticmethod
+    def _emit(callback, step: int, tokens: torch.Tensor, committed: torch.Tensor) -> None:
+        """callback(step, tokens (B, n) of the n committed cells in generation order); writes an edit back."""
+        if callback is None:
+            return
+        new = callback(step, tokens[:, committed])
+        if new is not None:
+            tokens[:, committed] = torch.as_tensor(new, dtype=tokens.dtype, device=tokens.device)
 
 
 def _rows(rng, b: int, t: int):

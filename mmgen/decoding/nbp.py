@@ -20,9 +20,10 @@ from .sampling import SamplingConfig, pick
 
 @register_decoder("nbp")
 class NBPDecoder(Decoder):
+    requires = "nbp"
+
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
-        if "nbp" not in generator.capabilities:
-            raise ValueError("decoding='nbp' needs a generator trained with order='nbp' (e.g. assets/digits-c2i-nbp)")
+        self.check_generator(generator)
         stats, t0 = self._start(state)
         n, blk, b = state.num_tokens, generator.block_size, state.batch_size
         dev = state.first_logits.device
@@ -31,8 +32,10 @@ class NBPDecoder(Decoder):
         for r in range(n // blk):
             tokens[:, r * blk:(r + 1) * blk] = pick(logits.flatten(0, 1), sampling, _rows(rng, b, blk)).view(b, blk)
             stats.accepted_lengths.extend([blk] * b)
-            if callback is not None:
-                callback(r, tokens[:, :(r + 1) * blk])
+            if callback is not None:  # an edit replaces the committed rows before block r is fed
+                new = callback(r, tokens[:, :(r + 1) * blk])
+                if new is not None:
+                    tokens[:, :(r + 1) * blk] = new
             if (r + 1) * blk < n:
                 pos = torch.arange(r * blk, (r + 1) * blk, device=dev).expand(b, -1)
                 logits = generator.forward_step(state, tokens[:, r * blk:(r + 1) * blk], pos).logits

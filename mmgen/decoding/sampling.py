@@ -7,6 +7,8 @@ Speculative decoders must use this same ``p`` for acceptance and residuals.
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -20,12 +22,13 @@ class SamplingConfig:
     do_sample: bool = True  # False = greedy (argmax of the CFG-mixed logits)
 
     def __post_init__(self):
-        if not (self.temperature > 0):
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy too
+        if not real(self.temperature) or not self.temperature > 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, numbers.Integral) or isinstance(self.top_k, bool) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if not real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
 
 
 def final_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:

@@ -94,18 +94,13 @@ def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 1e-12, r / s.clamp_min(1e-30), p)
 
 
-def check_raster(generator) -> None:
-    """Speculative decoding needs the raster contract (contiguous per-row positions + rollback)."""
-    caps = getattr(generator, "capabilities", frozenset({"speculative"}))
-    if "speculative" not in caps:
-        raise ValueError(f"speculative decoding needs a raster-order generator (capabilities {sorted(caps)})")
-
-
 # ---------------------------------------------------------------------------- the decoder
 @register_decoder("sjd")
 class SJDDecoder(Decoder):
     """Speculative Jacobi Decoding. Options: ``window`` L (default 16, as in every model of the
     reference code) and ``init`` in ``("random", "left", "above")`` (default ``"random"``)."""
+
+    requires = "speculative"
 
     def __init__(self, window: int = 16, init: str = "random"):
         if not isinstance(window, int) or window < 2:
@@ -189,14 +184,14 @@ class SJDDecoder(Decoder):
     # ---- main loop -----------------------------------------------------------------------------
     @torch.no_grad()
     def decode(self, generator, state, sampling: SamplingConfig, rng=None, callback=None) -> DecodeResult:
-        check_raster(generator)
+        self.check_generator(generator)  # the raster contract: contiguous per-row positions + rollback
         stats, t0 = self._start(state)
         if state.extra_slots < self.extra_slots:
             raise ValueError(f"{self.name} needs prefill(..., extra_slots={self.extra_slots}), got {state.extra_slots}")
         b, n_tok = state.batch_size, state.num_tokens
         dev = state.first_logits.device
         vocab = state.first_logits.shape[-1]
-        grid = math.isqrt(n_tok)
+        grid = getattr(generator, "grid_width", None) or math.isqrt(n_tok)  # "above" = one grid row back
         L, K = self.window, self.window - 1
         ar_l = torch.arange(L, device=dev)
         rows = torch.arange(b, device=dev)

@@ -104,6 +104,7 @@ class ARImagePipeline(DiffusionPipeline):
         sampling = SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p, do_sample=do_sample)
         decoder = get_decoder(self.transformer.native_decoding if decoding is None else decoding,
                               **(decoding_options or {}))
+        decoder.check_generator(self.transformer)  # before prefill, whose cache layout depends on the decoder
         decoder.prepare(self.vq)
         cond = self.encode_condition(prompt, class_labels, num_images_per_prompt)
         n_tok = self.transformer.num_tokens

@@ -119,7 +119,7 @@ def run_batch_tts(items: list[SpeechItem], out_dir: "str | os.PathLike", model: 
     voice = voice or pipe.voices[0]
     voices = {it.index: it.voice or voice for it in items}
     for it in items:  # every argument and text checked before any work, errors name the argument
-        pipe._inputs(it.text, voices[it.index], mctp, max_seconds, temperature)
+        pipe._inputs(it.text, voices[it.index], mctp, max_seconds, temperature, top_k=top_k)
     mctp = pipe.transformer.config.mctp if mctp is None else mctp
     settings = {"checkpoint": str(ckpt), "mctp": mctp, "temperature": temperature, "top_k": top_k,
                 "max_seconds": max_seconds}

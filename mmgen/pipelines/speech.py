@@ -13,6 +13,7 @@ CTC semantic tokens are the model's input and acoustic codec tokens its output, 
 
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass
 
@@ -123,7 +124,7 @@ class SpeechPipeline(DiffusionPipeline):
             raise ValueError("text must be a non-empty string or list of strings")
         return text_to_ids(texts, self.transformer.config.max_text_len)
 
-    def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0):
+    def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0, top_k=None):
         ids = self._prefix_ids(text)
         voice = voice or self.voices[0]
         vid = torch.full((ids.shape[0],), self.transformer.voice_index(voice), dtype=torch.long)
@@ -135,6 +136,8 @@ class SpeechPipeline(DiffusionPipeline):
             raise ValueError(f"max_seconds must be in (0, {limit:.2f}], got {max_seconds}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 0):
+            raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {top_k!r}")
         if not 0 <= min_seconds <= (max_seconds or limit):
             raise ValueError(f"min_seconds must be in [0, max_seconds], got {min_seconds}")
         max_frames = None if max_seconds is None else max(1, int(max_seconds * self.codec.frame_rate))
@@ -150,7 +153,7 @@ class SpeechPipeline(DiffusionPipeline):
         ``output_type``: "np" or "pt"."""
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-        ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds, top_k)
         t0 = time.perf_counter()
         gen = self.transformer.generate(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
                                         max_frames=max_frames, min_frames=min_frames, generator=generator)
@@ -158,7 +161,7 @@ class SpeechPipeline(DiffusionPipeline):
         waves = [vocode_codes(self.codec, c, head) if c.shape[1] else torch.zeros(0) for c in gen.codes]
         stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
                             tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=time.perf_counter() - t0,
-                            accepted_lengths=gen.steps_per_forward)
+                            accepted_lengths=[n for n in gen.steps_per_forward for _ in range(ids.shape[0])])  # per row
         lengths = [int(w.numel()) for w in waves]
         audios = torch.zeros(len(waves), 1, max(lengths + [1]))
         for i, w in enumerate(waves):
@@ -183,7 +186,7 @@ class SpeechPipeline(DiffusionPipeline):
         concatenate to ``__call__``'s audio for the same arguments. Arguments are checked here, eagerly.
         """
         self._check_single(text)
-        inputs = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds)
+        inputs = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds, top_k)
         return SpeechStream(self, inputs, dict(mctp=mctp, temperature=temperature, top_k=top_k, generator=generator))
 
     def _head(self, mctp: int | None) -> int:
