@@ -2,7 +2,10 @@ import torch
 import torch.nn.functional as F
 
 from mmgen.models import ARTransformer, Condition
-from mmgen.train.common import load_trainer_state, optimizer_from_safetensors, save_checkpoint
+import pytest
+
+from mmgen.train.common import (check_photo_frac, check_resumable, load_trainer_state, optimizer_from_safetensors,
+                                save_checkpoint, set_threads)
 
 
 def test_a_few_generator_steps_lower_the_loss():
@@ -49,3 +52,41 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
         pass
     assert load_trainer_state(tmp_path / "ck")["step"] == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_checkpoint_survives_a_kill_between_the_two_renames(tmp_path):
+    """atomic_dir renames the old folder aside, then the new one in; a kill in between leaves only the old one
+    under a hidden name, which the next read puts back instead of restarting from step 0."""
+    model = ARTransformer(vocab_size=16, grid_size=2, dim=32, n_layers=1, n_heads=2, num_classes=4)
+    save_checkpoint(tmp_path / "ck", {"transformer": model}, None, step=5)
+    assert (tmp_path / "ck").stat().st_mode & 0o777 == 0o755  # exported folders are readable by everyone
+    (tmp_path / "ck").rename(tmp_path / ".ck.old")  # the state right after the first rename
+    assert load_trainer_state(tmp_path / "ck")["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
+
+
+def test_trainer_argument_checks():
+    with pytest.raises(ValueError, match="threads"):
+        set_threads(0)
+    with pytest.raises(ValueError, match=r"--steps \(100\) must exceed the step already reached"):
+        check_resumable(100, 100, "runs/x")
+    check_resumable(50, 100, "runs/x")
+    assert check_photo_frac(0.25, 32) == 8
+    for frac, batch in [(1.0, 32), (-0.1, 32), (0.75, 2)]:
+        with pytest.raises(ValueError, match="--photo-frac"):
+            check_photo_frac(frac, batch)
+
+
+def test_code_cache_key_follows_the_tokenizer_weights(tmp_path):
+    from mmgen.tokenizers_visual import VQTokenizer
+    from mmgen.train.train_generator import tokenizer_digest
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24)
+    vq.save_pretrained(tmp_path / "a")
+    vq.save_pretrained(tmp_path / "b")
+    assert tokenizer_digest(tmp_path / "a") == tokenizer_digest(tmp_path / "b")  # the name is not the key
+    with torch.no_grad():
+        next(vq.parameters()).add_(1.0)
+    vq.save_pretrained(tmp_path / "b")
+    assert tokenizer_digest(tmp_path / "a") != tokenizer_digest(tmp_path / "b")

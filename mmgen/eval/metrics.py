@@ -20,7 +20,7 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError("feature sets must be (N, D) and (M, D) with N, M >= 2")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean, _ = linalg.sqrtm(s1 @ s2, disp=False)
+    covmean = linalg.sqrtm(s1 @ s2)  # (no ``disp``: deprecated in SciPy 1.17, removed in 1.18)
     if not np.isfinite(covmean).all():
         eps = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))

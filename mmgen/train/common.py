@@ -21,11 +21,22 @@ from safetensors.torch import load_file, save_file
 
 def set_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads explicitly (default: ``MMGEN_THREADS`` or 1) and return it."""
-    n = int(n or os.environ.get("MMGEN_THREADS", 1))
+    n = int(os.environ.get("MMGEN_THREADS", 1) if n is None else n)
     if n < 1:
         raise ValueError(f"threads must be >= 1, got {n}")
     torch.set_num_threads(n)
     return n
+
+
+def _previous(final: Path) -> Path:
+    return final.with_name(f".{final.name}.old")
+
+
+def recover_interrupted(final: str | os.PathLike) -> None:
+    """A run killed between :func:`atomic_dir`'s two renames leaves only ``.<name>.old``: put it back."""
+    final = Path(final)
+    if not final.exists() and _previous(final).is_dir():
+        _previous(final).rename(final)
 
 
 def atomic_dir(final: str | os.PathLike):
@@ -35,14 +46,16 @@ def atomic_dir(final: str | os.PathLike):
     class _Ctx:
         def __enter__(self):
             final.parent.mkdir(parents=True, exist_ok=True)
+            recover_interrupted(final)
             self.tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+            self.tmp.chmod(0o755)  # mkdtemp makes it owner-only; exported model folders are for everyone
             return self.tmp
 
         def __exit__(self, exc_type, exc, tb):
             if exc_type is not None:
                 shutil.rmtree(self.tmp, ignore_errors=True)
                 return False
-            old = final.with_name(f".{final.name}.old")
+            old = _previous(final)
             shutil.rmtree(old, ignore_errors=True)
             if final.exists():
                 final.rename(old)
@@ -99,6 +112,7 @@ def save_checkpoint(folder: str | os.PathLike, models: dict, optimizer: torch.op
 
 
 def load_trainer_state(folder: str | os.PathLike) -> dict | None:
+    recover_interrupted(folder)
     f = Path(folder) / "trainer_state.json"
     return json.loads(f.read_text()) if f.exists() else None
 
@@ -114,6 +128,23 @@ def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):
     optimizer_from_safetensors(opt, Path(work) / "optimizer.safetensors")
     print(f"resuming from step {state['step']}")
     return model, opt, state["step"]
+
+
+def check_resumable(step: int, steps: int, work) -> None:
+    """A work folder already at (or past) ``--steps`` has nothing left to train: a clear error, not a re-export."""
+    if step >= steps:
+        raise ValueError(f"--steps ({steps}) must exceed the step already reached in {work} ({step}): "
+                         "raise --steps to train on, or pass a new --work")
+
+
+def check_photo_frac(photo_frac: float, batch: int) -> int:
+    """--photo-frac in [0, 1) -> photo crops per batch, leaving at least one scene."""
+    if not 0 <= photo_frac < 1:
+        raise ValueError(f"--photo-frac must be in [0, 1), got {photo_frac}")
+    n_photo = int(round(batch * photo_frac))
+    if n_photo >= batch:
+        raise ValueError(f"--photo-frac {photo_frac} leaves no scene in a batch of {batch}: lower it or raise --batch")
+    return n_photo
 
 
 def cosine_lr(optimizer: torch.optim.Optimizer, base: float, step: int, total: int, warmup: int = 0) -> None:

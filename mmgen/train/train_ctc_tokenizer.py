@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
-from .common import cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
+from .common import check_resumable, cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:
@@ -55,6 +55,7 @@ def main(argv=None):
     model.set_normalization(frames.mean(1), frames.std(1))
     model, opt, step = resume_or_start(work, "model", model, lambda m: torch.optim.AdamW(
         m.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01))
+    check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)

@@ -24,7 +24,6 @@ import json
 import math
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +32,7 @@ from ..assets import model_path
 from ..decoding import SamplingConfig, get_decoder
 from ..models import Condition
 from ..models.drafter import Drafter, generator_features
-from .common import set_threads
+from .common import atomic_dir, set_threads
 
 
 @torch.no_grad()
@@ -134,13 +133,13 @@ def main(argv=None):
             print(json.dumps(log[-1]), flush=True)
         if time.time() - t_start > 60 * args.max_minutes:
             break
-    out = Path(args.out)
-    dr.save_pretrained(out)
     info = {"model": str(args.model), "steps": step + 1, "batch": args.batch, "num_samples": len(tokens),
             "guidance": args.guidance, "final": log[-1] if log else None, "self_distill_seconds": round(t_data, 1),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
             "command": "python -m mmgen.train.train_drafter " + " ".join(argv if argv is not None else sys.argv[1:])}
-    (out / "training.json").write_text(json.dumps(info, indent=2))
+    with atomic_dir(args.out) as out:
+        dr.save_pretrained(out)
+        (out / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
 

@@ -14,8 +14,10 @@ One CPU process here; unchanged under ``accelerate launch``. Resumable from ``--
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from ..data.scenes import caption_vocabulary
 from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
-from .common import load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
 
 TEXT_LEN = 24
 PRESETS = {
@@ -46,8 +48,20 @@ def extract_codes(vq: VQTokenizer, images: np.ndarray, batch: int = 256) -> torc
     return torch.cat([vq.encode(to_tensor(images[i:i + batch])).ids.short() for i in range(0, len(images), batch)])
 
 
-def scene_data(vq, n: int, cache: Path, tag: str = "vq") -> tuple[torch.Tensor, list[str]]:
-    f = cache / (f"scene_codes_{n}.safetensors" if tag == "vq" else f"scene_codes_{n}_{tag}.safetensors")
+def tokenizer_digest(folder: "str | Path") -> str:
+    """12 hex digits identifying a tokenizer folder's config and weights (the code cache's key)."""
+    h = hashlib.sha1()
+    for f in sorted(Path(folder).iterdir()):
+        if f.suffix in (".json", ".safetensors") and f.name != "metrics.json":
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def scene_data(vq, n: int, cache: Path, tag: str) -> tuple[torch.Tensor, list[str]]:
+    """Codes of the first ``n`` training scenes under ``vq``, cached in ``cache`` under ``tag`` (the tokenizer's
+    digest: a retrained tokenizer never reads another's codes)."""
+    f = cache / f"scene_codes_{n}_{tag}.safetensors"
     ds = SceneDataset(n, seed=1)
     captions = [ds.spec(i).caption() for i in range(n)]
     if f.exists():
@@ -57,7 +71,9 @@ def scene_data(vq, n: int, cache: Path, tag: str = "vq") -> tuple[torch.Tensor, 
     codes = torch.cat([extract_codes(vq, np.stack([ds[j][0] for j in range(i, min(n, i + 5000))]))
                        for i in range(0, n, 5000)])
     cache.mkdir(parents=True, exist_ok=True)
-    save_file({"codes": codes}, str(f))
+    tmp = f.with_name(f".{f.name}.{os.getpid()}.tmp")
+    save_file({"codes": codes}, str(tmp))
+    os.replace(tmp, f)  # atomic: a killed run leaves no truncated cache
     return codes, captions
 
 
@@ -117,8 +133,7 @@ def main(argv=None):
 
     text_encoder = tokenizer = None
     if args.task == "scenes":
-        tag = "vq" if Path(args.vq).resolve() == Path("assets/vq").resolve() else Path(args.vq).name
-        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"), tag)
+        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"), tokenizer_digest(args.vq))
         tokenizer = build_text_tokenizer(caption_vocabulary(), TEXT_LEN)
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
@@ -128,6 +143,7 @@ def main(argv=None):
     step = 0
     if load_trainer_state(work) is not None:
         step = load_trainer_state(work)["step"]
+        check_resumable(step, args.steps, work)
         model = ARTransformer.from_pretrained(work / "transformer")
         if text_encoder is not None:
             from transformers import BertModel
@@ -183,14 +199,15 @@ def main(argv=None):
     model = acc.unwrap_model(model).eval()
     pipe = ARImagePipeline(transformer=model, vq=vq, text_encoder=text_encoder and acc.unwrap_model(text_encoder).eval(),
                            tokenizer=tokenizer)
-    pipe.save_pretrained(args.out)
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
             "tokenizer": args.vq,
             "command": f"python -m mmgen.train.train_generator --task {args.task} --order {args.order} "
                        f"--tokenizer {args.vq} --out {args.out} --steps {args.steps} --batch {args.batch}"
                        + (f" --block-rows {args.block_rows}" if args.block_rows != 1 else "")}
-    Path(args.out, "training.json").write_text(json.dumps(info, indent=2))
+    with atomic_dir(args.out) as tmp:  # the pipeline and its record, or nothing
+        pipe.save_pretrained(tmp)
+        (tmp / "training.json").write_text(json.dumps(info, indent=2))
     print(json.dumps(info, indent=2))
 
 

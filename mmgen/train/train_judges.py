@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,7 +21,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, load_digits_rgb, to_tensor
 from ..eval.judges import DigitJudge, SceneJudge, attribute_matches
-from .common import set_threads
+from .common import atomic_dir, set_threads
 
 
 def _augment(x: torch.Tensor, g: torch.Generator, shift: int) -> torch.Tensor:
@@ -102,13 +101,13 @@ def main(argv=None):
     t0 = time.time()
     digit = train_digit_judge(args.digit_steps, args.batch, args.seed)
     scene = train_scene_judge(args.scene_steps, args.batch, args.seed)
-    out = Path(args.out)
-    scene.save_pretrained(out / "scene_judge")
-    digit.save_pretrained(out / "digit_judge")
     metrics = {"scene_judge": scene_accuracy(scene), "digit_judge": {"acc": digit_accuracy(digit)},
                "train_seconds": round(time.time() - t0, 1),
                "command": f"python -m mmgen.train.train_judges --out {args.out}"}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with atomic_dir(args.out) as out:  # both judges and their figures, or nothing
+        scene.save_pretrained(out / "scene_judge")
+        digit.save_pretrained(out / "digit_judge")
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps(metrics, indent=2))
 
 

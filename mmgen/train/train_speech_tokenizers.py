@@ -26,7 +26,7 @@ from ..audio.codec import MelRVQCodec
 from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
-from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import atomic_dir, check_resumable, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 def corpus_mels(corpus: str, split: str = "train") -> list[torch.Tensor]:
@@ -42,6 +42,7 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
     codec.set_normalization(frames.mean(1), frames.std(1))
     codec, opt, step = resume_or_start(work, "codec", codec, lambda m: torch.optim.AdamW(
         m.parameters(), lr=args.lr, betas=(0.9, 0.99)))
+    check_resumable(step, args.steps, work)
     codec, opt = acc.prepare(codec, opt)
     rng = np.random.default_rng([args.seed, step])
     long_enough = [m for m in mels if m.shape[1] > args.crop]

@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
-from .common import load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import (atomic_dir, check_photo_frac, check_resumable, load_trainer_state, optimizer_from_safetensors,
+                     save_checkpoint, set_threads)
 
 
 def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:
@@ -70,6 +71,7 @@ def main(argv=None):
                     help="weight of an L1 loss on horizontal/vertical image differences (sharpens outlines)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
+    n_photo = check_photo_frac(args.photo_frac, args.batch)
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
 
@@ -82,6 +84,7 @@ def main(argv=None):
         opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
         optimizer_from_safetensors(opt, Path(args.work) / "optimizer.safetensors")
         step = state["step"]
+        check_resumable(step, args.steps, args.work)
         acc.print(f"resuming from step {step}")
     vq, opt = acc.prepare(vq, opt)
 
@@ -89,7 +92,6 @@ def main(argv=None):
     photos = photo_crops(4000, seed=7)
     digits, _ = load_digits_rgb("train")
     rng = np.random.default_rng([args.seed, step])
-    n_photo = int(round(args.batch * args.photo_frac))
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
@@ -122,8 +124,9 @@ def main(argv=None):
     metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),
                    command="python -m mmgen.train.train_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
     if acc.is_main_process:
-        model.save_pretrained(args.out)
-        Path(args.out, "metrics.json").write_text(json.dumps(metrics, indent=2))
+        with atomic_dir(args.out) as tmp:
+            model.save_pretrained(tmp)
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
         print(json.dumps(metrics, indent=2))
 
 

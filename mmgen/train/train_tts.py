@@ -34,7 +34,7 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
-from .common import atomic_dir, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import atomic_dir, check_resumable, cosine_lr, resume_or_start, save_checkpoint, set_threads
 
 
 @torch.no_grad()
@@ -119,6 +119,7 @@ def main(argv=None):
                               **prefix)
     model, opt, step = resume_or_start(work, "transformer", model, lambda m: torch.optim.AdamW(
         m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01))
+    check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
-from .common import cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
+from .common import check_photo_frac, check_resumable, cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
@@ -62,21 +62,20 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    if not 0 <= args.photo_frac < 1:
-        raise ValueError(f"--photo-frac must be in [0, 1), got {args.photo_frac}")
+    n_photo = check_photo_frac(args.photo_frac, args.batch)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     work = args.work or f"runs/train_{args.kind}"
     acc = Accelerator(cpu=not torch.cuda.is_available())
     make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     model, opt, step = resume_or_start(work, "model", build_model(args.kind, json.loads(args.config), args.proxy), make_opt)
+    check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
 
     scenes = SceneDataset(200_000, seed=1)
     photos = photo_crops(4000, seed=7)
     rng = np.random.default_rng([args.seed, step])
-    n_photo = int(round(args.batch * args.photo_frac))
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
