@@ -374,3 +374,40 @@ def test_dual_token_pipeline_checks_its_components(dual_pipe):
 def test_text_pipeline_refuses_a_semantic_model(dual_pipe):
     with pytest.raises(ValueError, match="DualTokenSpeechPipeline"):
         SpeechPipeline(transformer=dual_pipe.transformer, codec=dual_pipe.codec)("a cat")
+
+
+def test_undelay_of_a_grid_shorter_than_the_delay_is_empty():
+    """Streaming undelays partial grids; with M levels the first M - 1 steps hold no complete frame."""
+    from mmgen.models.speech_transformer import SpeechTransformer
+
+    m = SpeechTransformer(num_quantizers=4, dim=16, n_layers=1, n_heads=2, codebook_size=8, mctp=2)
+    codes = torch.randint(0, 8, (4, 5), generator=torch.Generator().manual_seed(0))
+    grid = m.delay(codes)  # (5 + 4, 4)
+    for s in range(1, grid.shape[0] + 1):
+        part = m.undelay(grid[:s])
+        assert part.shape == (4, max(0, min(5, s - 3)))
+        assert torch.equal(part, codes[:, :part.shape[1]])
+
+
+def test_kmeans_with_too_few_distinct_vectors_is_a_clear_error():
+    from mmgen.audio.semantic import kmeans
+
+    x = torch.cat([torch.zeros(50, 4), torch.ones(50, 4)])
+    with pytest.raises(ValueError, match="distinct vectors"):
+        kmeans(x, 4, generator=torch.Generator().manual_seed(0))
+    assert kmeans(x, 2, generator=torch.Generator().manual_seed(0)).shape == (2, 4)
+
+
+def test_codec_encode_is_eval_mode_even_on_a_training_module():
+    """In train mode the RVQ drops levels (codes -1) and moves its EMA codebooks; encode must do neither and
+    must hand the module back in the mode it found it."""
+    torch.manual_seed(0)
+    codec = MelRVQCodec(codebook_size=16, num_quantizers=3, hidden=32, codebook_dim=8, griffin_lim_iters=4).train()
+    wav = torch.randn(2, 4000, generator=torch.Generator().manual_seed(1)) * 0.1
+    codec(log_mel(wav, codec.mel_cfg))  # a training forward
+    codec.encode(wav)  # k-means-initialises any level the training forward dropped
+    before = {k: v.clone() for k, v in codec.state_dict().items()}
+    a, b = codec.encode(wav), codec.encode(wav)
+    assert codec.training
+    assert torch.equal(a, b) and int(a.min()) >= 0
+    assert all(torch.equal(v, codec.state_dict()[k]) for k, v in before.items())

@@ -109,10 +109,16 @@ class MelRVQCodec(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def encode_mel(self, logmel: torch.Tensor) -> torch.Tensor:
-        """log-mel (B, n_mels, F) -> codes (B, M, F) long."""
-        z = self.encoder((logmel - self.mel_mean) / self.mel_std)
-        _, codes, _ = self.rvq(z.transpose(1, 2))
-        return codes.permute(0, 2, 1).long()
+        """log-mel (B, n_mels, F) -> codes (B, M, F) long. Always in eval mode (in train mode the RVQ drops levels
+        (codes -1) and updates its EMA codebooks); the module's mode is restored afterwards."""
+        was_training = self.training
+        self.eval()
+        try:
+            z = self.encoder((logmel.to(self.device) - self.mel_mean) / self.mel_std)
+            _, codes, _ = self.rvq(z.transpose(1, 2))
+            return codes.permute(0, 2, 1).long()
+        finally:
+            self.train(was_training)
 
     def check_codes(self, codes: torch.Tensor) -> torch.Tensor:
         codes = torch.as_tensor(codes)

@@ -31,6 +31,8 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
     cent = [x[first]]
     d2 = torch.cdist(x, cent[0]).squeeze(1).pow(2)  # (N,)
     for _ in range(1, k):
+        if not d2.sum() > 0:
+            raise ValueError(f"k-means needs at least k={k} distinct vectors, got {len(cent)}")
         idx = torch.multinomial(d2 / d2.sum(), 1, generator=generator)
         cent.append(x[idx])
         d2 = torch.minimum(d2, torch.cdist(x, x[idx]).squeeze(1).pow(2))
@@ -94,7 +96,8 @@ class KMeansSpeechTokenizer(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def encode(self, audio, sample_rate: int = 16000) -> torch.Tensor:
         """audio (T,) or (B, T) at 16 kHz -> tokens (B, F) long at 62.5 Hz."""
-        return self.encode_mel(log_mel(check_waveform(audio, sample_rate, self.config.sample_rate), self.mel_cfg))
+        wav = check_waveform(audio, sample_rate, self.config.sample_rate).to(self.mel_mean.device)
+        return self.encode_mel(log_mel(wav, self.mel_cfg))
 
     @torch.no_grad()
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

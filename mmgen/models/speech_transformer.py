@@ -148,7 +148,7 @@ class SpeechTransformer(ModelMixin, ConfigMixin):
         m = grid.shape[1]
         ends = (grid[:, 0] == self.END).nonzero()
         f = int(ends[0]) if len(ends) else grid.shape[0]
-        f = min(f, grid.shape[0] - (m - 1))
+        f = max(0, min(f, grid.shape[0] - (m - 1)))  # a partial grid shorter than the delay holds no full frame
         return torch.stack([grid[q:q + f, q] for q in range(m)])
 
     # --- backbone -----------------------------------------------------------------------------------

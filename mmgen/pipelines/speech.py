@@ -13,6 +13,7 @@ CTC semantic tokens are the model's input and acoustic codec tokens its output, 
 
 from __future__ import annotations
 
+import math
 import numbers
 import time
 from dataclasses import dataclass
@@ -134,8 +135,8 @@ class SpeechPipeline(DiffusionPipeline):
         limit = self.transformer.config.max_frames / self.codec.frame_rate
         if max_seconds is not None and not 0 < max_seconds <= limit:
             raise ValueError(f"max_seconds must be in (0, {limit:.2f}], got {max_seconds}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 0):
             raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {top_k!r}")
         if not 0 <= min_seconds <= (max_seconds or limit):
