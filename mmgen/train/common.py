@@ -101,13 +101,18 @@ def optimizer_from_safetensors(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def save_checkpoint(folder: str | os.PathLike, models: dict, optimizer: torch.optim.Optimizer | None,
-                    step: int, extra: dict | None = None) -> None:
-    """Atomically write ``models`` (name -> object with save_pretrained), optimizer and step to ``folder``."""
+                    step: int, extra: dict | None = None, rng: dict | None = None) -> None:
+    """Atomically write ``models`` (name -> object with save_pretrained), optimizer and step to ``folder``;
+    ``rng`` (name -> ``torch.Generator`` or ``"torch"`` for the global generator) saves random states, so a
+    resumed run draws exactly what an uninterrupted one would (:func:`restore_rng`)."""
     with atomic_dir(folder) as tmp:
         for name, m in models.items():
             m.save_pretrained(tmp / name)
         if optimizer is not None:
             optimizer_to_safetensors(optimizer, tmp / "optimizer.safetensors")
+        if rng:
+            save_file({k: torch.get_rng_state() if g == "torch" else g.get_state() for k, g in rng.items()},
+                      str(tmp / "rng.safetensors"))
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
 
 
@@ -115,6 +120,20 @@ def load_trainer_state(folder: str | os.PathLike) -> dict | None:
     recover_interrupted(folder)
     f = Path(folder) / "trainer_state.json"
     return json.loads(f.read_text()) if f.exists() else None
+
+
+def restore_rng(folder: str | os.PathLike, rng: dict) -> bool:
+    """Set the states saved by :func:`save_checkpoint` (same ``rng`` names); False if the folder has none."""
+    f = Path(folder) / "rng.safetensors"
+    if not f.exists():
+        return False
+    states = load_file(str(f))
+    for k, g in rng.items():
+        if g == "torch":
+            torch.set_rng_state(states[k])
+        else:
+            g.set_state(states[k])
+    return True
 
 
 def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):

@@ -32,7 +32,8 @@ from ..data.scenes import caption_vocabulary
 from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
-from .common import atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads
+from .common import (atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors, restore_rng,
+                     save_checkpoint, set_threads)
 
 TEXT_LEN = 24
 PRESETS = {
@@ -122,6 +123,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
+    ap.add_argument("--cache-dir", default="runs/cache", help="where the scenes' token codes are cached")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -133,7 +135,7 @@ def main(argv=None):
 
     text_encoder = tokenizer = None
     if args.task == "scenes":
-        codes, captions = scene_data(vq, args.num_scenes, Path("runs/cache"), tokenizer_digest(args.vq))
+        codes, captions = scene_data(vq, args.num_scenes, Path(args.cache_dir), tokenizer_digest(args.vq))
         tokenizer = build_text_tokenizer(caption_vocabulary(), TEXT_LEN)
         text_encoder = build_text_encoder(len(tokenizer), max_length=TEXT_LEN)
     else:
@@ -161,6 +163,11 @@ def main(argv=None):
         text_encoder = acc.prepare(text_encoder)
 
     g = torch.Generator().manual_seed(args.seed * 1000 + step)
+    # batches / condition dropout (g) and dropout inside the models (global): restored on resume, so a resumed run
+    # equals an uninterrupted one (checkpoints written before rng.safetensors existed fall back to the seed above)
+    rng = {"batches": g, "torch": "torch"}
+    if step:
+        restore_rng(work, rng)
     codes = codes.long()
     n_train = len(codes)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
@@ -189,7 +196,7 @@ def main(argv=None):
             models = {"transformer": acc.unwrap_model(model)}
             if text_encoder is not None:
                 models["text_encoder"] = acc.unwrap_model(text_encoder)
-            save_checkpoint(work, models, opt, step + 1)
+            save_checkpoint(work, models, opt, step + 1, rng=rng)
         if done:
             break
     if not acc.is_main_process:
