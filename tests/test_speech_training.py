@@ -64,3 +64,23 @@ def test_train_tts_rejects_bad_levels(corpus, tmp_path):
     with pytest.raises(ValueError, match="--levels"):
         train_tts.main(["--corpus", str(corpus), "--tokenizers", str(tok), "--out", str(tmp_path / "t"),
                         "--levels", "3", "--steps", "1", "--threads", "1"])
+
+
+def test_resumed_tts_training_equals_an_uninterrupted_run(corpus, tmp_path):
+    """Stopped after one step (--max-minutes ~0), then resumed: the weights equal one uninterrupted run's
+    (the batch sampler's and torch's random states travel with the checkpoint)."""
+    from mmgen.models.speech_transformer import SpeechTransformer
+
+    tok = tmp_path / "tok"
+    train_speech_tokenizers.main(["--corpus", str(corpus), "--out", str(tok), "--work", str(tmp_path / "w"),
+                                  "--steps", "1", "--levels", "2", "--codebook-size", "16", "--kmeans-frames", "400",
+                                  "--batch", "2", "--crop", "32", "--threads", "1"])
+    common = ["--corpus", str(corpus), "--tokenizers", str(tok), "--levels", "2", "--mctp", "2", "--dim", "32",
+              "--layers", "1", "--heads", "2", "--steps", "3", "--batch", "2", "--threads", "1", "--save-every", "1"]
+    train_tts.main(common + ["--out", str(tmp_path / "a"), "--work", str(tmp_path / "wa")])
+    train_tts.main(common + ["--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb"), "--max-minutes", "1e-9"])
+    assert json.loads((tmp_path / "wb" / "trainer_state.json").read_text())["step"] == 1
+    train_tts.main(common + ["--out", str(tmp_path / "b"), "--work", str(tmp_path / "wb")])
+    a = SpeechTransformer.from_pretrained(tmp_path / "a" / "transformer").state_dict()
+    b = SpeechTransformer.from_pretrained(tmp_path / "b" / "transformer").state_dict()
+    assert all(torch.equal(v, b[k]) for k, v in a.items())

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -103,16 +104,18 @@ def optimizer_from_safetensors(opt: torch.optim.Optimizer, path: Path) -> None:
 def save_checkpoint(folder: str | os.PathLike, models: dict, optimizer: torch.optim.Optimizer | None,
                     step: int, extra: dict | None = None, rng: dict | None = None) -> None:
     """Atomically write ``models`` (name -> object with save_pretrained), optimizer and step to ``folder``;
-    ``rng`` (name -> ``torch.Generator`` or ``"torch"`` for the global generator) saves random states, so a
-    resumed run draws exactly what an uninterrupted one would (:func:`restore_rng`)."""
+    ``rng`` (name -> ``torch.Generator``, ``numpy.random.Generator`` or ``"torch"`` for torch's global generator)
+    saves random states, so a resumed run draws exactly what an uninterrupted one would (:func:`restore_rng`)."""
     with atomic_dir(folder) as tmp:
         for name, m in models.items():
             m.save_pretrained(tmp / name)
         if optimizer is not None:
             optimizer_to_safetensors(optimizer, tmp / "optimizer.safetensors")
         if rng:
-            save_file({k: torch.get_rng_state() if g == "torch" else g.get_state() for k, g in rng.items()},
-                      str(tmp / "rng.safetensors"))
+            tensors = {k: torch.get_rng_state() if g == "torch" else g.get_state()
+                       for k, g in rng.items() if g == "torch" or isinstance(g, torch.Generator)}
+            numpy_states = {k: g.bit_generator.state for k, g in rng.items() if isinstance(g, np.random.Generator)}
+            save_file(tensors, str(tmp / "rng.safetensors"), metadata={"numpy": json.dumps(numpy_states)})
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **(extra or {})}, indent=2))
 
 
@@ -127,9 +130,15 @@ def restore_rng(folder: str | os.PathLike, rng: dict) -> bool:
     f = Path(folder) / "rng.safetensors"
     if not f.exists():
         return False
+    from safetensors import safe_open
+
+    with safe_open(str(f), "pt") as fh:
+        numpy_states = json.loads(fh.metadata()["numpy"])
     states = load_file(str(f))
     for k, g in rng.items():
-        if g == "torch":
+        if isinstance(g, np.random.Generator):
+            g.bit_generator.state = numpy_states[k]
+        elif g == "torch":
             torch.set_rng_state(states[k])
         else:
             g.set_state(states[k])

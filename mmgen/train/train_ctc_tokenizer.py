@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
-from .common import check_resumable, cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
+from .common import (check_resumable, cosine_lr, export_with_metrics, restore_rng, resume_or_start, save_checkpoint,
+                     set_threads)
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:
@@ -58,6 +59,9 @@ def main(argv=None):
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
+    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
+    if step:
+        restore_rng(work, states)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         model.train()
@@ -77,7 +81,7 @@ def main(argv=None):
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1)
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, rng=states)
     model = acc.unwrap_model(model).eval()
     test = load_corpus(args.corpus, "test")
     hyps = [model.transcribe(model.encode(r["audio"]))[0] for r in test]

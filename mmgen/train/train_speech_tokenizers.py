@@ -26,7 +26,8 @@ from ..audio.codec import MelRVQCodec
 from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
-from .common import atomic_dir, check_resumable, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import (atomic_dir, check_resumable, cosine_lr, restore_rng, resume_or_start, save_checkpoint,
+                     set_threads)
 
 
 def corpus_mels(corpus: str, split: str = "train") -> list[torch.Tensor]:
@@ -45,6 +46,9 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
     check_resumable(step, args.steps, work)
     codec, opt = acc.prepare(codec, opt)
     rng = np.random.default_rng([args.seed, step])
+    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
+    if step:
+        restore_rng(work, states)
     long_enough = [m for m in mels if m.shape[1] > args.crop]
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
@@ -64,7 +68,7 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(work, {"codec": acc.unwrap_model(codec)}, opt, step + 1)
+            save_checkpoint(work, {"codec": acc.unwrap_model(codec)}, opt, step + 1, rng=states)
     return acc.unwrap_model(codec).eval()
 
 

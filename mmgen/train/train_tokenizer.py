@@ -25,7 +25,7 @@ from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
 from .common import (atomic_dir, check_photo_frac, check_resumable, load_trainer_state, optimizer_from_safetensors,
-                     save_checkpoint, set_threads)
+                     restore_rng, save_checkpoint, set_threads)
 
 
 def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:
@@ -92,6 +92,9 @@ def main(argv=None):
     photos = photo_crops(4000, seed=7)
     digits, _ = load_digits_rgb("train")
     rng = np.random.default_rng([args.seed, step])
+    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
+    if step:
+        restore_rng(args.work, states)
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
@@ -118,7 +121,7 @@ def main(argv=None):
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss_total:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(args.work, {"model": acc.unwrap_model(vq)}, opt, step + 1)
+            save_checkpoint(args.work, {"model": acc.unwrap_model(vq)}, opt, step + 1, rng=states)
     model = acc.unwrap_model(vq)
     metrics = evaluate_tokenizer(model)
     metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),

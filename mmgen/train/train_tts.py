@@ -34,7 +34,8 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
-from .common import atomic_dir, check_resumable, cosine_lr, resume_or_start, save_checkpoint, set_threads
+from .common import (atomic_dir, check_resumable, cosine_lr, restore_rng, resume_or_start, save_checkpoint,
+                     set_threads)
 
 
 @torch.no_grad()
@@ -122,6 +123,9 @@ def main(argv=None):
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng = np.random.default_rng([args.seed, step])
+    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
+    if step:
+        restore_rng(work, states)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     parts = []
     for step in bar:
@@ -136,7 +140,7 @@ def main(argv=None):
         bar.set_postfix(loss=f"{loss.item():.3f}", main=parts[0])
         stop = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop:
-            save_checkpoint(work, {"transformer": acc.unwrap_model(model)}, opt, step + 1)
+            save_checkpoint(work, {"transformer": acc.unwrap_model(model)}, opt, step + 1, rng=states)
         if stop:
             break
     model = acc.unwrap_model(model).eval()

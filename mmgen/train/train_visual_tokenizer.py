@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
-from .common import check_photo_frac, check_resumable, cosine_lr, export_with_metrics, resume_or_start, save_checkpoint, set_threads
+from .common import (check_photo_frac, check_resumable, cosine_lr, export_with_metrics, restore_rng, resume_or_start,
+                     save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
@@ -76,6 +77,9 @@ def main(argv=None):
     scenes = SceneDataset(200_000, seed=1)
     photos = photo_crops(4000, seed=7)
     rng = np.random.default_rng([args.seed, step])
+    states = {"data": rng, "torch": "torch", "gen": gen}  # restored on resume: continues as if never interrupted
+    if step:
+        restore_rng(work, states)
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
@@ -92,7 +96,7 @@ def main(argv=None):
         bar.set_postfix({k: f"{float(v):.3f}" for k, v in out.items() if k != "kept_tokens"})
         done = step + 1 == args.steps or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
         if (step + 1) % args.save_every == 0 or done:
-            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1)
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, rng=states)
         if done:
             break
 
