@@ -1,7 +1,9 @@
 """Judge generated images: prompt adherence (scenes), class consistency (digits), judge-FD.
 
 The judges never saw generated images. judge-FD is reported next to the FD between two
-disjoint real sets of the same size (the floor that sampling noise alone produces).
+disjoint real sets (the floor that sampling noise alone produces): for scenes both real sets have the
+generated set's size n; for digits they are the two halves of the 360-image test split (180 each),
+while the generated set has 10 x n_per_class images, so that floor is only comparable for n near 180.
 """
 
 from __future__ import annotations
