@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 from pathlib import Path
@@ -67,16 +68,9 @@ def _recommended(name_or_folder: str, key: str = "guidance_scale") -> float:
 
 def parse_options(text: str | None) -> dict:
     """The decoding-options textbox -> dict; ValueError naming the field otherwise."""
-    text = (text or "").strip()
-    if not text:
-        return {}
-    try:
-        opts = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"decoding options must be a JSON object, e.g. {{}}: {e.msg} at char {e.pos}") from None
-    if not isinstance(opts, dict):
-        raise ValueError(f"decoding options must be a JSON object, got {type(opts).__name__}")
-    return opts
+    from mmgen.decoding.base import parse_options as parse
+
+    return parse(text, "decoding options")
 
 
 def check_decoder(decoding: str, options: dict) -> None:
@@ -97,6 +91,18 @@ def _int_field(value, name: str, lo: int, hi: int) -> int:
         ok = False
     if not ok:
         raise ValueError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    return v
+
+
+def _float_field(value, name: str, lo: float, hi: float, lo_open: bool = False) -> float:
+    """A finite number in [lo, hi] ((lo, hi] with ``lo_open``), else a ValueError naming the field."""
+    try:
+        v = float(value)
+        ok = not isinstance(value, bool) and math.isfinite(v) and (v > lo if lo_open else v >= lo) and v <= hi
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{name} must lie in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value!r}")
     return v
 
 
@@ -130,14 +136,17 @@ def run_generation(model: str, condition: dict, decoding, options_text, seed, cf
     seed = _int_field(seed, "seed", 0, MAX_SEED)
     n = _int_field(num_images, "number of images", 1, MAX_IMAGES)
     top_k = _int_field(top_k, "top_k", 0, 1 << 20)
+    cfg = _float_field(cfg, "CFG scale", 0.0, 100.0)
+    top_p = _float_field(top_p, "top_p", 0.0, 1.0, lo_open=True)
+    temperature = _float_field(temperature, "temperature", 0.0, 100.0, lo_open=True)
     pipe = load_pipeline(model_for_decoding(model, decoding, model))  # nar / nbp: the model's -nar / -nbp companion
     dev = pipe._execution_device
 
     def call(method, opts):
         gens = [torch.Generator(device=dev).manual_seed(seed + i) for i in range(n)]  # image i uses seed + i
         p = pipe if method == decoding else load_pipeline(model)
-        return p(**condition, num_images_per_prompt=n, guidance_scale=float(cfg), top_k=top_k,
-                    top_p=float(top_p), temperature=float(temperature), generator=gens, decoding=method,
+        return p(**condition, num_images_per_prompt=n, guidance_scale=cfg, top_k=top_k,
+                    top_p=top_p, temperature=temperature, generator=gens, decoding=method,
                     decoding_options=opts)
 
     out = call(decoding, options)

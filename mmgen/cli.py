@@ -71,14 +71,9 @@ def recommended(model_dir: Path) -> dict:
 
 
 def _decoding_options(text: str) -> dict:
-    """--decoding-options -> dict, or a ValueError naming the flag."""
-    try:
-        options = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--decoding-options must be a JSON object: {e.msg}") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"--decoding-options must be a JSON object, got {text!r}")
-    return options
+    from .decoding.base import parse_options
+
+    return parse_options(text, "--decoding-options")
 
 
 def cmd_generate(args) -> int:
@@ -116,6 +111,8 @@ def cmd_info(args) -> int:
     from .assets import assets_dir
 
     root = assets_dir()
+    if not root.is_dir():
+        raise ValueError(f"the assets folder {str(root)!r} does not exist (set MMGEN_ASSETS to the folder of shipped models)")
     info = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
         entry = {}
@@ -143,7 +140,9 @@ def cmd_tokenize(args) -> int:
     from .tokenizers_visual import load_tokenizer
 
     folder = model_path(args.tokenizer)
-    if (folder / "model_index.json").exists():  # a pipeline folder: use its tokenizer component
+    grid = None
+    if (folder / "model_index.json").exists():  # a pipeline folder: its tokenizer, at the size its generator uses
+        grid = json.loads((folder / "transformer" / "config.json").read_text())["grid_size"]
         folder = folder / "vq"
     tok = load_tokenizer(folder).eval()
     try:
@@ -151,7 +150,7 @@ def cmd_tokenize(args) -> int:
             img = im.convert("RGB")
     except (OSError, ValueError) as e:
         raise ValueError(f"image {args.image!r} cannot be read as an image: {e}") from None
-    size = getattr(tok, "fixed_image_size", None) or 64
+    size = getattr(tok, "fixed_image_size", None) or (grid * tok.downsample_factor if grid else 64)
     if img.size != (size, size):
         img = img.resize((size, size), Image.BICUBIC)
     x = to_tensor(np.asarray(img)[None])

@@ -217,3 +217,18 @@ def test_readme_pipeline_snippet_runs(tmp_path):
     assert "forward_passes" in res.stdout
     with Image.open(tmp_path / "x.png") as im:
         assert im.format == "PNG"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("cfg", None, r"CFG scale must lie in \[0, 100\], got None"),
+    ("cfg", float("inf"), "CFG scale must lie in"),
+    ("temperature", float("nan"), r"temperature must lie in \(0, 100\]"),
+    ("top_p", "abc", "top_p must lie in"),
+])
+def test_form_numbers_are_checked_before_any_model_loads(field, value, message, monkeypatch):
+    monkeypatch.setattr(app, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model for a bad form"))
+    kw = dict(model="digits-c2i", condition={"class_labels": 3}, decoding="ar", options_text="{}", seed=0, cfg=3.0,
+              top_k=0, top_p=1.0, temperature=1.0, num_images=1)
+    kw[field] = value
+    with pytest.raises(ValueError, match=message):
+        app.run_generation(**kw)

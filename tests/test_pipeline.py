@@ -58,6 +58,9 @@ def test_callback_called_each_step_and_can_edit_tokens(tiny_pipeline):
 @pytest.mark.parametrize("kwargs,arg", [
     ({"prompt": ""}, "prompt"),
     ({"prompt": " ".join(["red"] * 30)}, "too long"),
+    ({"prompt": [PROMPT, " ".join(["red"] * 30)]}, "prompt is too long: 30 tokens"),  # a long one among short ones
+    ({"prompt": PROMPT, "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+    ({"prompt": PROMPT, "guidance_scale": None}, "guidance_scale"),
     ({"prompt": PROMPT, "guidance_scale": -1.0}, "guidance_scale"),
     ({"prompt": PROMPT, "top_p": 0.0}, "top_p"),
     ({"prompt": PROMPT, "top_p": 1.01}, "top_p"),

@@ -321,3 +321,38 @@ def test_cli_tokenize_roundtrip_and_errors(tmp_path, capsys):
     hita.save_pretrained(tmp_path / "hita")
     assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "hita"), "--length", "2"]) == 2
     assert "--length" in capsys.readouterr().err
+
+
+def test_encode_takes_images_of_any_float_dtype(tok):
+    x = images(2)
+    assert torch.equal(tok.encode(x.double()).ids, tok.encode(x).ids)
+
+
+def test_empty_or_mismatched_inputs_are_value_errors(tmp_path, capsys, monkeypatch):
+    from mmgen.cli import main
+    from mmgen.models.drafter import Drafter
+
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    with pytest.raises(ValueError, match="non-empty square grid"):
+        vq.decode(torch.zeros(1, 0, dtype=torch.long))
+    gen = ARTransformer(vocab_size=24, grid_size=4, dim=32, n_layers=1, n_heads=2, num_classes=10)
+    with pytest.raises(ValueError, match="does not match"):
+        Drafter(dim=32, n_heads=4, vocab_size=24).check_generator(gen)  # same width, other head size
+    monkeypatch.setenv("MMGEN_ASSETS", str(tmp_path / "nowhere"))
+    assert main(["info"]) == 2
+    assert "assets folder" in capsys.readouterr().err
+
+
+def test_cli_tokenize_uses_the_pipeline_generators_image_size(tmp_path, capsys):
+    """A pipeline folder's VQ is read at the size its generator was trained on (digits: 32 px, 8 x 8 tokens)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from mmgen.cli import main
+
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "d.png")
+    capsys.readouterr()
+    assert main(["tokenize", str(tmp_path / "d.png"), "--tokenizer", "digits-c2i"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_tokens"] == 64

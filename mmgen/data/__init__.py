@@ -10,7 +10,10 @@ from .scenes import SceneDataset, SceneSpec, ShapeSpec, parse_caption, render, s
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    images = np.ascontiguousarray(images)
+    if not images.flags.writeable:  # e.g. np.asarray(PIL image): torch warns on read-only memory
+        images = images.copy()
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

@@ -9,6 +9,7 @@ Decoders see only the generator contract (``prefill`` already done -> ``state``;
 from __future__ import annotations
 
 import inspect
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -96,6 +97,20 @@ def register_decoder(name: str):
         return cls
 
     return deco
+
+
+def parse_options(text: "str | None", name: str = "decoding_options") -> dict:
+    """Decoder options written as JSON (CLI flag, app textbox) -> dict; empty -> {}; ValueError naming ``name``."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{name} must be a JSON object, e.g. {{}}: {e.msg} at char {e.pos}") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"{name} must be a JSON object, got {type(options).__name__}")
+    return options
 
 
 def get_decoder(decoding: "str | Decoder", **options) -> Decoder:

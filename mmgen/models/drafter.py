@@ -58,9 +58,10 @@ class Drafter(ModelMixin, ConfigMixin):
 
     def check_generator(self, generator) -> None:
         c = generator.config
-        if (c.dim, c.vocab_size) != (self.config.dim, self.config.vocab_size):
-            raise ValueError(f"drafter (dim {self.config.dim}, vocab {self.config.vocab_size}) does not match "
-                             f"the generator (dim {c.dim}, vocab {c.vocab_size})")
+        mine = (self.config.dim, self.config.n_heads, self.config.vocab_size)
+        if (c.dim, c.n_heads, c.vocab_size) != mine:  # n_heads too: the drafter reuses the generator's RoPE table
+            raise ValueError(f"drafter (dim, heads, vocab) {mine} does not match the generator's "
+                             f"{(c.dim, c.n_heads, c.vocab_size)}")
 
     def start(self, batch: int, size: int, device=None) -> DrafterState:
         hd = self.config.dim // self.config.n_heads

@@ -41,11 +41,11 @@ def encode_prompts(text_encoder, tokenizer, prompts: list[str], max_length: int,
     for p in prompts:
         if not isinstance(p, str) or not p.strip():
             raise ValueError(f"prompt must be a non-empty string, got {p!r}")
+    lengths = [len(ids) for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
+    if max(lengths) > max_length:  # checked before padding: a long prompt among short ones gets this message too
+        raise ValueError(f"prompt is too long: {max(lengths)} tokens, at most {max_length} allowed")
     enc = tokenizer(list(prompts), padding="max_length", max_length=max_length, truncation=False,
                     return_tensors="pt", add_special_tokens=False)
-    if enc["input_ids"].shape[1] > max_length:
-        lengths = enc["attention_mask"].sum(1).tolist()
-        raise ValueError(f"prompt is too long: {max(lengths)} tokens, at most {max_length} allowed")
     ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
     # position ids count from the first real token so left padding does not shift positions
     pos = (mask.cumsum(1) - 1).clamp_min(0)

@@ -9,6 +9,8 @@ optional text encoder. Usage::
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,8 +64,9 @@ class ARImagePipeline(DiffusionPipeline):
             raise ValueError("this is a text-to-image pipeline: pass prompt (a string or list of strings)")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
-        if guidance_scale is None or not guidance_scale >= 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        if (not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool)
+                or not math.isfinite(guidance_scale) or guidance_scale < 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)

@@ -86,7 +86,9 @@ class VisualTokenizerMixin:
     def layout_for(self, image_size: int) -> TokenLayout:  # pragma: no cover - overridden
         raise NotImplementedError
 
-    def check_images(self, images: torch.Tensor, name: str = "images") -> None:
+    def check_images(self, images: torch.Tensor, name: str = "images") -> torch.Tensor:
+        """Validate (B, 3, H, W) float images (ValueError naming ``name``) and return them on the tokenizer's
+        device and dtype (float64 or CPU images into a float32 / CUDA tokenizer are fine)."""
         if not isinstance(images, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
         if not images.is_floating_point():
@@ -98,10 +100,12 @@ class VisualTokenizerMixin:
         if fixed is not None:
             if h != fixed or w != fixed:
                 raise ValueError(f"{name} must be {fixed}x{fixed} for this tokenizer, got {h}x{w}")
-            return
-        factor = self.downsample_factor
-        if h != w or h % factor or h < factor:
-            raise ValueError(f"{name} must be square with a side divisible by {factor}, got {h}x{w}")
+        else:
+            factor = self.downsample_factor
+            if h != w or h % factor or h < factor:
+                raise ValueError(f"{name} must be square with a side divisible by {factor}, got {h}x{w}")
+        p = next(self.parameters())
+        return images.to(device=p.device, dtype=p.dtype)
 
     def check_ids(self, ids: torch.Tensor, name: str = "ids") -> None:
         if not isinstance(ids, torch.Tensor) or ids.dtype not in (torch.int64, torch.int32):

@@ -122,7 +122,7 @@ class HitaTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenBatch:
-        self.check_images(images)
+        images = self.check_images(images)
         _, _, ih, ip, _ = self._tokens(images)
         ids = torch.cat([ih, ip + self.config.holistic_codebook_size], 1).long()
         return TokenBatch(ids=ids, layout=self.layout_for(), extras={"holistic": ih.long()})

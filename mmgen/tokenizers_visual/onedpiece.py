@@ -128,7 +128,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenBatch:
-        self.check_images(images)
+        images = self.check_images(images)
         _, ids, _ = self.quantizer(self._latents(images))  # ids (B, K)
         return TokenBatch(ids=ids.long(), layout=self.layout_for())
 

@@ -123,7 +123,7 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenBatch:
-        self.check_images(images)
+        images = self.check_images(images)
         zq, ids, _ = self.quantizer(self.encode_task_layer(self.causal_embeddings(images)))
         _, gen = self._generation_embedding(zq)
         return TokenBatch(ids=ids.long(), layout=self.layout_for(), extras={"generation_embedding": gen})

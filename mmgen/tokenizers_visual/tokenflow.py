@@ -158,7 +158,7 @@ class TokenFlowTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenBatch:
-        self.check_images(images)
+        images = self.check_images(images)
         q_sem, _, ids, _ = self._quantize(images)
         return TokenBatch(ids=ids, layout=self.layout_for(), extras={"semantic_features": self._semantic(q_sem)})
 

@@ -80,7 +80,7 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> TokenBatch:
-        self.check_images(images)
+        images = self.check_images(images)
         _, ids, _ = self.quantizer(self.encoder(images))  # ids (B, h, w)
         return TokenBatch(ids=ids.flatten(1).long(), layout=self.layout_for(images.shape[-1]))
 
@@ -90,8 +90,8 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
             ids = ids.ids
         self.check_ids(ids)
         g = int(round(ids.shape[1] ** 0.5))
-        if g * g != ids.shape[1]:
-            raise ValueError(f"ids must hold a square grid of tokens, got N={ids.shape[1]}")
+        if g < 1 or g * g != ids.shape[1]:
+            raise ValueError(f"ids must hold a non-empty square grid of tokens, got N={ids.shape[1]}")
         return self.decoder(self.embed_ids(ids.view(-1, g, g)))
 
     def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
