@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -20,7 +22,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
         raise ValueError("feature sets must be (N, D) and (M, D) with N, M >= 2")
     mu1, mu2 = a.mean(0), b.mean(0)
     s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    covmean = linalg.sqrtm(s1 @ s2)  # (no ``disp``: deprecated in SciPy 1.17, removed in 1.18)
+    with warnings.catch_warnings():  # as ``disp=False`` did (deprecated in SciPy 1.17, removed in 1.18): quiet,
+        warnings.simplefilter("ignore", linalg.LinAlgWarning)  # a non-finite result falls back below
+        covmean = linalg.sqrtm(s1 @ s2)
     if not np.isfinite(covmean).all():
         eps = np.eye(len(s1)) * 1e-6
         covmean = linalg.sqrtm((s1 + eps) @ (s2 + eps))
