@@ -126,4 +126,7 @@ def get_decoder(decoding: "str | Decoder", **options) -> Decoder:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"decoding_options {unknown} are not options of decoding={decoding!r} (accepted: {accepted})")
-    return DECODERS[decoding](**options)
+    try:
+        return DECODERS[decoding](**options)
+    except TypeError as e:  # an option of the wrong type, e.g. delta_p=None compared with 0
+        raise ValueError(f"decoding_options {options} are not accepted by decoding={decoding!r}: {e}") from None

@@ -14,6 +14,16 @@ from dataclasses import dataclass
 import torch
 
 
+def is_finite_number(v) -> bool:
+    """A real number (Python or numpy, not bool) that is finite."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_count(v) -> bool:
+    """An integer (Python or numpy, not bool) >= 0."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0
@@ -22,12 +32,11 @@ class SamplingConfig:
     do_sample: bool = True  # False = greedy (argmax of the CFG-mixed logits)
 
     def __post_init__(self):
-        real = lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)  # numpy too
-        if not real(self.temperature) or not self.temperature > 0:
+        if not is_finite_number(self.temperature) or not self.temperature > 0:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, numbers.Integral) or isinstance(self.top_k, bool) or self.top_k < 0:
+        if not is_count(self.top_k):
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if not real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+        if not is_finite_number(self.top_p) or not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must lie in (0, 1], got {self.top_p!r}")
 
 

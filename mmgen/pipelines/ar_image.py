@@ -9,8 +9,6 @@ optional text encoder. Usage::
 
 from __future__ import annotations
 
-import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +20,7 @@ from diffusers.utils import BaseOutput
 
 from .. import tokenizers_visual  # noqa: F401  (diffusers only loads components from imported modules)
 from ..decoding import DecodeStats, SamplingConfig, get_decoder
+from ..decoding.sampling import is_finite_number
 from ..models import Condition
 from ..models.text import encode_prompts
 
@@ -64,8 +63,7 @@ class ARImagePipeline(DiffusionPipeline):
             raise ValueError("this is a text-to-image pipeline: pass prompt (a string or list of strings)")
         if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
-        if (not isinstance(guidance_scale, numbers.Real) or isinstance(guidance_scale, bool)
-                or not math.isfinite(guidance_scale) or guidance_scale < 0):
+        if not is_finite_number(guidance_scale) or guidance_scale < 0:
             raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")

@@ -13,8 +13,6 @@ CTC semantic tokens are the model's input and acoustic codec tokens its output, 
 
 from __future__ import annotations
 
-import math
-import numbers
 import time
 from dataclasses import dataclass
 
@@ -28,6 +26,7 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.corpus import ALPHABET, check_text
 from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats
+from ..decoding.sampling import is_count, is_finite_number
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
 
 # frames per streamed audio chunk (0.512 s), look-ahead, and the shorter chunk [head, 8) that needs only
@@ -135,9 +134,9 @@ class SpeechPipeline(DiffusionPipeline):
         limit = self.transformer.config.max_frames / self.codec.frame_rate
         if max_seconds is not None and not 0 < max_seconds <= limit:
             raise ValueError(f"max_seconds must be in (0, {limit:.2f}], got {max_seconds}")
-        if not isinstance(temperature, numbers.Real) or not math.isfinite(temperature) or temperature < 0:
+        if not is_finite_number(temperature) or temperature < 0:
             raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-        if top_k is not None and (not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 0):
+        if top_k is not None and not is_count(top_k):
             raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {top_k!r}")
         if not 0 <= min_seconds <= (max_seconds or limit):
             raise ValueError(f"min_seconds must be in [0, max_seconds], got {min_seconds}")
