@@ -145,6 +145,19 @@ def restore_rng(folder: str | os.PathLike, rng: dict) -> bool:
     return True
 
 
+def data_stream(work: str | os.PathLike, seed: int, step: int, **generators) -> tuple[np.random.Generator, dict]:
+    """A resumable trainer's numpy data stream and the random states it saves with each checkpoint.
+
+    Returns ``(rng, states)``: ``rng`` draws the batches, ``states`` (the data stream, torch's global generator
+    and any ``generators`` passed by name) goes to :func:`save_checkpoint` as ``rng=``. At ``step > 0`` the
+    states saved in ``work`` are restored, so a resumed run draws exactly what an uninterrupted one would."""
+    rng = np.random.default_rng([seed, step])
+    states = {"data": rng, "torch": "torch", **generators}
+    if step:
+        restore_rng(work, states)
+    return rng, states
+
+
 def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):
     """(model, optimizer, step): ``model`` and ``make_optimizer(model)`` at step 0, or the checkpoint in ``work``
     written by :func:`save_checkpoint` under ``name`` (model class of ``model``, optimizer state, step)."""

@@ -13,7 +13,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -22,8 +21,8 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
-from .common import (check_resumable, cosine_lr, export_with_metrics, restore_rng, resume_or_start, save_checkpoint,
-                     set_threads)
+from .common import (check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
+                     save_checkpoint, set_threads)
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:
@@ -58,10 +57,7 @@ def main(argv=None):
         m.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01))
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
-    rng = np.random.default_rng([args.seed, step])
-    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
-    if step:
-        restore_rng(work, states)
+    rng, states = data_stream(work, args.seed, step)  # restored on resume
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         model.train()

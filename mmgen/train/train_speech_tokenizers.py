@@ -26,7 +26,7 @@ from ..audio.codec import MelRVQCodec
 from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
-from .common import (atomic_dir, check_resumable, cosine_lr, restore_rng, resume_or_start, save_checkpoint,
+from .common import (atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start, save_checkpoint,
                      set_threads)
 
 
@@ -45,10 +45,7 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
         m.parameters(), lr=args.lr, betas=(0.9, 0.99)))
     check_resumable(step, args.steps, work)
     codec, opt = acc.prepare(codec, opt)
-    rng = np.random.default_rng([args.seed, step])
-    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
-    if step:
-        restore_rng(work, states)
+    rng, states = data_stream(work, args.seed, step)  # restored on resume
     long_enough = [m for m in mels if m.shape[1] > args.crop]
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
-from .common import (atomic_dir, check_photo_frac, check_resumable, load_trainer_state, optimizer_from_safetensors,
-                     restore_rng, save_checkpoint, set_threads)
+from .common import (atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
+                     optimizer_from_safetensors, save_checkpoint, set_threads)
 
 
 def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:
@@ -91,10 +91,7 @@ def main(argv=None):
     scenes = SceneDataset(200_000, seed=1)
     photos = photo_crops(4000, seed=7)
     digits, _ = load_digits_rgb("train")
-    rng = np.random.default_rng([args.seed, step])
-    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
-    if step:
-        restore_rng(args.work, states)
+    rng, states = data_stream(args.work, args.seed, step)  # restored on resume
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:

@@ -22,7 +22,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -34,7 +33,7 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
-from .common import (atomic_dir, check_resumable, cosine_lr, restore_rng, resume_or_start, save_checkpoint,
+from .common import (atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start, save_checkpoint,
                      set_threads)
 
 
@@ -122,10 +121,7 @@ def main(argv=None):
         m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.01))
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
-    rng = np.random.default_rng([args.seed, step])
-    states = {"data": rng, "torch": "torch"}  # restored on resume: the run continues as if never interrupted
-    if step:
-        restore_rng(work, states)
+    rng, states = data_stream(work, args.seed, step)  # restored on resume
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     parts = []
     for step in bar:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
-from .common import (check_photo_frac, check_resumable, cosine_lr, export_with_metrics, restore_rng, resume_or_start,
-                     save_checkpoint, set_threads)
+from .common import (check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
+                     resume_or_start, save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
@@ -76,10 +76,7 @@ def main(argv=None):
 
     scenes = SceneDataset(200_000, seed=1)
     photos = photo_crops(4000, seed=7)
-    rng = np.random.default_rng([args.seed, step])
-    states = {"data": rng, "torch": "torch", "gen": gen}  # restored on resume: continues as if never interrupted
-    if step:
-        restore_rng(work, states)
+    rng, states = data_stream(work, args.seed, step, gen=gen)  # restored on resume
     t0 = time.time()
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
