@@ -157,6 +157,12 @@ def test_t2i_parallel_orders_and_batch_seeding():
         b = dec.decode(m, m.prefill(cond, guidance_scale=2.0), SamplingConfig(top_k=5),
                        [torch.Generator().manual_seed(i) for i in range(2)]).tokens
         assert torch.equal(a, b)
+        # batch independence: row 1 decoded alone with its own generator equals row 1 of the batch
+        alone = Condition(text_features=cond.text_features[1:], text_mask=cond.text_mask[1:])
+        c = dec.decode(m, m.prefill(alone, guidance_scale=2.0), SamplingConfig(top_k=5),
+                       [torch.Generator().manual_seed(1)]).tokens
+        assert torch.equal(c[0], a[1])
+        assert not torch.equal(a[0], a[1])
 
 
 def test_neighbour_plan_equals_its_definition():
@@ -242,18 +248,23 @@ def test_nbp_blocks_of_several_rows():
 @pytest.mark.parametrize("order", ["nar", "nbp"])
 def test_step_callback_sees_committed_tokens_and_its_edits_are_used(order):
     """NAR passes the committed cells in generation order (diagonal by diagonal), NBP the committed rows; an
-    edit returned by the callback replaces them before they are fed (here: every committed token set to 5)."""
+    edit returned by the callback replaces them before they are fed (here: every committed token set to 5).
+    Greedy, so each step's new cells must be the full masked forward's argmax *given all-5 predecessors*: a
+    decoder that fed the unedited tokens would predict them from other contexts."""
     from mmgen.decoding.nar import emission_order
 
     m = _model(order)
-    seen = []
+    cond = Condition(class_labels=torch.tensor([1, 2]))
+    order_pos = emission_order(4) if order == "nar" else torch.arange(16)  # cell ids in the callback's order
+    seen, fresh = [], []
 
     def edit(step, tokens):
+        prev = seen[-1] if seen else 0
         seen.append(tokens.shape[1])
+        fresh.append((order_pos[prev:tokens.shape[1]], tokens[:, prev:].clone()))  # before the edit
         return torch.full_like(tokens, 5)
 
-    res = get_decoder(order).decode(m, m.prefill(Condition(class_labels=torch.tensor([1, 2]))), SamplingConfig(),
-                                    torch.Generator().manual_seed(0), edit)
+    res = get_decoder(order).decode(m, m.prefill(cond), SamplingConfig(do_sample=False), None, edit)
     assert torch.equal(res.tokens, torch.full((2, 16), 5))
     if order == "nar":
         sizes = [len(d) for d in diagonals(4)]
@@ -261,9 +272,11 @@ def test_step_callback_sees_committed_tokens_and_its_edits_are_used(order):
         assert sorted(emission_order(4).tolist()) == list(range(16))
     else:
         assert seen == [4, 8, 12, 16]
-    plain = get_decoder(order).decode(m, m.prefill(Condition(class_labels=torch.tensor([1, 2]))), SamplingConfig(),
-                                      torch.Generator().manual_seed(0), lambda s, t: None).tokens
-    assert not torch.equal(plain, res.tokens)  # the edits changed what was fed, not only the returned ids
+    given_fives = m(torch.full((2, 16), 5), cond).argmax(-1)  # (2, 16): each cell's greedy pick after all-5 cells
+    for pos, new in fresh:
+        assert torch.equal(new, given_fives[:, pos])
+    plain = get_decoder(order).decode(m, m.prefill(cond), SamplingConfig(do_sample=False)).tokens
+    assert not torch.equal(plain[:, order_pos[seen[0]:]], given_fives[:, order_pos[seen[0]:]])  # the edit mattered
 
 
 def test_speculative_decoding_on_a_parallel_generator_is_a_clear_error():

@@ -54,6 +54,22 @@ def test_callback_called_each_step_and_can_edit_tokens(tiny_pipeline):
     assert [t for _, t, _ in seen] == list(range(1, 17))
     assert bool((out.tokens == 7).all())
 
+    # the edits are what the model is fed: greedy, each step's new token (seen before the edit) is the model's
+    # argmax after all-7 predecessors, CFG-mixed as the pipeline mixes it
+    fresh = []
+
+    def record(pipe, step, timestep, kwargs):
+        fresh.append(int(kwargs["tokens"][0, -1]))
+        return {"tokens": torch.full_like(kwargs["tokens"], 7)}
+
+    tiny_pipeline(PROMPT, do_sample=False, guidance_scale=2.0, callback_on_step_end=record, output_type="latent")
+    gen = tiny_pipeline.transformer
+    cond = tiny_pipeline.encode_condition(PROMPT)
+    sevens = torch.full((1, 16), 7)
+    with torch.no_grad():
+        lc, lu = gen(sevens, cond), gen(sevens, gen.null_condition(cond))
+    assert fresh == (lu + 2.0 * (lc - lu)).argmax(-1)[0].tolist()
+
 
 @pytest.mark.parametrize("kwargs,arg", [
     ({"prompt": ""}, "prompt"),

@@ -16,13 +16,15 @@ def corpus(tmp_path_factory):
     return build_corpus(tmp_path_factory.mktemp("speech") / "corpus", n=6, seed=0)
 
 
-def test_speech_trainers_run_resume_and_export(corpus, tmp_path):
+def test_speech_trainers_run_resume_and_export(corpus, tmp_path, capsys):
     tok, work = tmp_path / "tok", tmp_path / "work_codec"
     common = ["--corpus", str(corpus), "--threads", "1", "--codebook-size", "16", "--kmeans-frames", "400",
               "--batch", "4", "--crop", "32", "--work", str(work)]
     train_speech_tokenizers.main(common + ["--out", str(tok), "--steps", "2"])
     assert json.loads((work / "trainer_state.json").read_text())["step"] == 2
-    train_speech_tokenizers.main(common + ["--out", str(tok), "--steps", "3"])  # resumes at step 2
+    capsys.readouterr()
+    train_speech_tokenizers.main(common + ["--out", str(tok), "--steps", "3"])
+    assert "resuming from step 2" in capsys.readouterr().out  # not a restart from 0 (which also ends at step 3)
     assert json.loads((work / "trainer_state.json").read_text())["step"] == 3
     codec = MelRVQCodec.from_pretrained(tok / "codec")
     assert json.loads((tok / "training.json").read_text())["codec_bitrate_bps"] == codec.bitrate()

@@ -46,10 +46,8 @@ def test_checkpoint_round_trip_restores_model_and_optimizer(tmp_path):
         def save_pretrained(self, path):
             raise RuntimeError("disk full")
 
-    try:
+    with pytest.raises(RuntimeError, match="disk full"):
         save_checkpoint(tmp_path / "ck", {"bad": Boom()}, None, step=8)
-    except RuntimeError:
-        pass
     assert load_trainer_state(tmp_path / "ck")["step"] == 7
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"]
 
