@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import threading
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 

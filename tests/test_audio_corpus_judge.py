@@ -1,24 +1,14 @@
 """Speech corpus (eSpeak NG grammar) and offline judges (PocketSphinx WER, simple MCD)."""
 
-import importlib.util
 import json
-import shutil
 
 import numpy as np
 import pytest
 
+from conftest import HAVE_PS, needs_espeak, needs_judge
 from mmgen.audio import corpus
 from mmgen.audio.corpus import (ALPHABET, POOL_SIZE, TEST_SENTENCES, build_corpus, check_text, load_corpus,
                                 sentence_pool, synthesize, training_pool, vocabulary)
-
-HAVE_ESPEAK = shutil.which("espeak-ng") is not None
-HAVE_SF = importlib.util.find_spec("soundfile") is not None
-HAVE_PS = importlib.util.find_spec("pocketsphinx") is not None and importlib.util.find_spec("jiwer") is not None
-needs_espeak = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF),
-                                  reason="needs the espeak-ng binary (apt-get install espeak-ng) and soundfile "
-                                         "(pip install -e '.[audio]'); .ci/run installs both")
-needs_judge = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF and HAVE_PS),
-                                 reason="needs espeak-ng plus pocketsphinx and jiwer (pip install -e '.[audio]')")
 
 
 # ---------------------------------------------------------------- grammar and text checks

@@ -5,9 +5,7 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from mmgen.assets import assets_dir

@@ -3,10 +3,12 @@
 import numpy as np
 import pytest
 
+from conftest import needs_judge
 from mmgen.assets import assets_dir
 from mmgen.audio import MelRVQCodec, TEST_SENTENCES, default_judge, synthesize
 from mmgen.pipelines import DualTokenSpeechPipeline, SpeechPipeline
 
+pytestmark = needs_judge
 SENTENCES = list(TEST_SENTENCES[:8])
 
 

@@ -5,10 +5,13 @@ import json
 import pytest
 import torch
 
+from conftest import needs_espeak
 from mmgen.audio import MelRVQCodec, build_corpus
 from mmgen.audio.dual import CTCSpeechTokenizer
 from mmgen.pipelines import DualTokenSpeechPipeline, SpeechPipeline
 from mmgen.train import train_ctc_tokenizer, train_speech_tokenizers, train_tts
+
+pytestmark = needs_espeak
 
 
 @pytest.fixture(scope="module")
