@@ -14,16 +14,19 @@ from mmgen.models import ARTransformer, Condition  # noqa: E402
 from mmgen.models.text import build_text_encoder, build_text_tokenizer  # noqa: E402
 from mmgen.tokenizers_visual import VQTokenizer  # noqa: E402
 
-# Speech tests need eSpeak NG (apt-get install espeak-ng) and the audio extras; on a machine without them they skip
-# with this reason (shown by -ra). Under CI (CI=true, .ci/run installs both) they never skip: a missing tool fails.
+# Optional tools. Speech tests need eSpeak NG (apt-get install espeak-ng) and the audio extras; on a machine without them they skip
+# with this reason (shown by -ra). Under CI (CI=true; .ci/run installs them) they never skip: a missing tool fails.
+# The browser test (tests/test_e2e_browser.py) follows the same rule for chromium.
 HAVE_ESPEAK = shutil.which("espeak-ng") is not None
 HAVE_SF = importlib.util.find_spec("soundfile") is not None
 HAVE_PS = importlib.util.find_spec("pocketsphinx") is not None and importlib.util.find_spec("jiwer") is not None
-_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-needs_espeak = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF) and not _IN_CI,
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+needs_espeak = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF) and not IN_CI,
                                   reason="needs the espeak-ng binary (apt-get install espeak-ng) and soundfile "
                                          "(pip install -e '.[audio]'); .ci/run installs both")
-needs_judge = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF and HAVE_PS) and not _IN_CI,
+needs_pocketsphinx = pytest.mark.skipif(not HAVE_PS and not IN_CI,
+                                        reason="needs pocketsphinx and jiwer (pip install -e '.[audio]')")
+needs_judge = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF and HAVE_PS) and not IN_CI,
                                  reason="needs espeak-ng plus pocketsphinx and jiwer (pip install -e '.[audio]')")
 
 

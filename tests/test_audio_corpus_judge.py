@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import HAVE_PS, needs_espeak, needs_judge
+from conftest import needs_espeak, needs_judge, needs_pocketsphinx
 from mmgen.audio import corpus
 from mmgen.audio.corpus import (ALPHABET, POOL_SIZE, TEST_SENTENCES, build_corpus, check_text, load_corpus,
                                 sentence_pool, synthesize, training_pool, vocabulary)
@@ -28,7 +28,7 @@ def test_sentence_pool_deterministic_distinct_and_disjoint_from_test():
         sentence_pool(POOL_SIZE + 1)
 
 
-@pytest.mark.skipif(not HAVE_PS, reason="needs pocketsphinx (pip install -e '.[audio]')")
+@needs_pocketsphinx
 def test_vocabulary_in_pocketsphinx_dictionary():
     from mmgen.audio.judge import load_cmudict_words
 
@@ -175,7 +175,7 @@ def test_transcribe_requires_16khz(judge, clean8):
     assert judge.transcribe(int16, 16000) == judge.transcribe(clean8[0], 16000)
 
 
-@pytest.mark.skipif(not HAVE_PS, reason="needs pocketsphinx and jiwer (pip install -e '.[audio]')")
+@needs_pocketsphinx
 def test_word_error_rate_and_oov_check():
     from mmgen.audio.judge import SpeechJudge, word_error_rate
 

@@ -240,7 +240,7 @@ def test_recommended_sampling_settings_are_the_defaults(t2i_dir, tmp_path):
     assert records(tmp_path / "old")[0]["temperature"] == 1.0
 
 
-def test_atomic_write_json_replaces_whole_files_only(tmp_path):
+def test_atomic_write_json_replaces_whole_files_only(tmp_path, monkeypatch):
     path = tmp_path / "sub" / "result.json"
     atomic_write_json(path, {"rows": [1, 2]})
     assert json.loads(path.read_text()) == {"rows": [1, 2]}
@@ -248,3 +248,14 @@ def test_atomic_write_json_replaces_whole_files_only(tmp_path):
         atomic_write_json(path, {"rows": object()})
     assert json.loads(path.read_text()) == {"rows": [1, 2]}
     assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]  # no temp file left behind
+    # a failure while replacing (after the new bytes were written to the temp file) leaves the old file whole
+    import mmgen.pipelines.batch as batch_module
+
+    def boom(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(batch_module.os, "replace", boom)
+    with pytest.raises(OSError, match="rename failed"):
+        atomic_write_json(path, {"rows": [3]})
+    assert json.loads(path.read_text()) == {"rows": [1, 2]}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]

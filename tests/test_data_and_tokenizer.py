@@ -36,6 +36,11 @@ def test_digits_split_is_real_and_disjoint():
     xte, yte = load_digits_rgb("test")
     assert xtr.shape[1:] == (32, 32, 3) and len(xtr) + len(xte) == 1797
     assert set(np.unique(ytr)) == set(range(10))
+    # disjoint: train and test together are exactly the whole set (as a multiset: the set has duplicate images)
+    def key(x, y):
+        return sorted(a.tobytes() + bytes([int(b)]) for a, b in zip(x, y))
+
+    assert key(np.concatenate([xtr, xte]), np.concatenate([ytr, yte])) == key(*load_digits_rgb("all"))
     with pytest.raises(ValueError, match="split"):
         load_digits_rgb("val")
 
@@ -65,7 +70,8 @@ def test_vq_shapes_round_trip_and_bad_inputs(tmp_path):
 
 
 def test_frechet_distance_matches_the_gaussian_formula():
-    """FD(a, a) = 0; for equal covariances FD = ||mu_a - mu_b||^2 (checked on 4000 samples, 8 dims)."""
+    """FD(a, a) = 0; for equal covariances FD = ||mu_a - mu_b||^2; for N(0, I) vs N(0, 4I) in 8 dims the trace
+    term gives 8 (1 + 4 - 2 * 2) = 8 (checked on 4000 samples)."""
     import numpy as np
 
     from mmgen.eval.metrics import frechet_distance
@@ -75,5 +81,6 @@ def test_frechet_distance_matches_the_gaussian_formula():
     shift = np.full(8, 0.5)  # ||shift||^2 = 2
     assert abs(frechet_distance(a, a)) < 1e-6
     assert abs(frechet_distance(a, r.normal(size=(4000, 8)) + shift) - 2.0) < 0.1
+    assert abs(frechet_distance(a, r.normal(size=(4000, 8)) * 2) - 8.0) < 0.5
     with pytest.raises(ValueError, match="feature sets"):
         frechet_distance(a[:1], a)

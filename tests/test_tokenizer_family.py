@@ -161,15 +161,27 @@ def test_tokenflow_one_id_addresses_both_codebooks():
 
 
 def test_tokenflow_restarts_idle_codes_from_batch_vectors():
-    tok = TokenFlowTokenizer(**SMALL[TokenFlowTokenizer]).train()
-    cb = tok.codebook_pair
-    cb.restart_after = 0
-    tok.losses(images(4))  # data init
-    before = cb.sem.detach().clone()
-    _, _, ids, _ = tok._quantize(images(4, 5))
-    unused = torch.ones(len(before), dtype=torch.bool)
-    unused[ids.unique()] = False
-    assert unused.any() and not torch.equal(cb.sem.detach()[unused], before[unused])
+    """A code idle for more than ``restart_after`` steps (and only such a code) jumps to a vector of the current
+    batch, in both codebooks."""
+    cb = TokenFlowTokenizer(**SMALL[TokenFlowTokenizer]).codebook_pair.train()
+    cb.restart_after = 1
+    (k, ds), dp = cb.sem.shape, cb.pix.shape[1]
+    g = torch.Generator().manual_seed(0)
+    batch = lambda: (torch.randn(4, ds, generator=g), torch.randn(4, dp, generator=g))  # 4 vectors << k codes
+    cb(*batch())  # data init
+    cb.idle.zero_()
+    before = (cb.sem.detach().clone(), cb.pix.detach().clone())
+    _, _, ids_a, _ = cb(*batch())  # unpicked codes now idle 1: not more than restart_after, so kept
+    assert torch.equal(cb.sem, before[0]) and torch.equal(cb.pix, before[1])
+    zs, zp = batch()
+    _, _, ids_b, _ = cb(zs, zp)  # idle 2 > 1: restarted from this batch
+    dead = torch.ones(k, dtype=torch.bool)
+    dead[torch.cat([ids_a, ids_b])] = False
+    assert dead.sum() >= k - 8
+    assert torch.equal(cb.sem[~dead], before[0][~dead]) and torch.equal(cb.pix[~dead], before[1][~dead])
+    for table, z in ((cb.sem, zs), (cb.pix, zp)):  # each restarted code is one of the batch's (normalised) vectors
+        gap = (table[dead][:, None] - torch.nn.functional.normalize(z, dim=-1)[None]).abs().amax(-1)  # (dead, 4)
+        assert gap.min(1).values.max() < 1e-6
 
 
 # ------------------------------------------------------------------ Hita: holistic first, fusion read-out
@@ -315,12 +327,14 @@ def test_cli_tokenize_roundtrip_and_errors(tmp_path, capsys):
     assert line["layout"] == "sequence" and len(line["ids"]) == 8
     assert Image.open(tmp_path / "rec.png").size == (64, 64)
     assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "tok"), "--length", "99"]) == 2
+    assert "--length must be in [1, 8]" in capsys.readouterr().err
     (tmp_path / "bad.png").write_bytes(b"not an image")
     assert main(["tokenize", str(tmp_path / "bad.png"), "--tokenizer", str(tmp_path / "tok")]) == 2
+    assert "cannot be read as an image" in capsys.readouterr().err
     hita = trained_a_step(HitaTokenizer)
     hita.save_pretrained(tmp_path / "hita")
     assert main(["tokenize", str(tmp_path / "in.png"), "--tokenizer", str(tmp_path / "hita"), "--length", "2"]) == 2
-    assert "--length" in capsys.readouterr().err
+    assert "only supported by prefix tokenizers" in capsys.readouterr().err
 
 
 def test_encode_takes_images_of_any_float_dtype(tok):
