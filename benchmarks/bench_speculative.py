@@ -149,6 +149,8 @@ def run(args):
     samp = dict(temperature=rec["temperature"], top_k=rec.get("top_k", 0), top_p=rec.get("top_p", 1.0))
     if args.top_k is not None:
         samp["top_k"] = args.top_k
+    if args.temperature is not None:
+        samp["temperature"] = args.temperature
     sampling = SamplingConfig(**samp)
     drafter = args.drafter or (str(root) + "-drafter" if Path(str(root) + "-drafter").is_dir() else None)
     if drafter == "none":
@@ -258,6 +260,7 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--guidance", type=float, default=None)
+    ap.add_argument("--temperature", type=float, default=None, help="default: the model's recommended.json")
     ap.add_argument("--top-k", type=int, default=None)
     ap.add_argument("--drafter", default=None, help="default: <model folder>-drafter if it exists; 'none' skips the drafter rows")
     ap.add_argument("--threads", type=int, default=1)

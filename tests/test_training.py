@@ -1,9 +1,10 @@
+import json
+
+import pytest
 import torch
 import torch.nn.functional as F
 
 from mmgen.models import ARTransformer, Condition
-import pytest
-
 from mmgen.train.common import (check_photo_frac, check_resumable, load_trainer_state, optimizer_from_safetensors,
                                 save_checkpoint, set_threads)
 
@@ -107,5 +108,22 @@ def test_resumed_generator_training_equals_an_uninterrupted_run(tmp_path):
     b1 = ARTransformer.from_pretrained(tmp_path / "b1" / "transformer").state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     assert not all(torch.equal(v, b1[k]) for k, v in a.items())  # the interrupted export really stopped early
+    rec = json.loads((tmp_path / "a" / "training.json").read_text())  # the real command line, every option
+    assert rec["command"] == "python -m mmgen.train.train_generator " + " ".join(
+        common + ["--out", str(tmp_path / "a"), "--work", str(tmp_path / "wa")])
+    assert rec["num_scenes"] == 64 and rec["threads"] == 1
     with pytest.raises(ValueError, match="must exceed the step already reached"):
         train_generator.main(common + ["--out", str(tmp_path / "c"), "--work", str(tmp_path / "wb")])
+
+
+def test_judge_trainer_records_the_command_it_ran(tmp_path):
+    """metrics.json holds the real command line and step counts (it once held a fixed string without them)."""
+    from mmgen.train import train_judges
+
+    out = tmp_path / "judges"
+    train_judges.main(["--out", str(out), "--scene-steps", "2", "--digit-steps", "3", "--batch", "4", "--threads", "1"])
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["command"] == (f"python -m mmgen.train.train_judges --out {out} --scene-steps 2 --digit-steps 3 "
+                            "--batch 4 --threads 1")
+    assert (m["scene_steps"], m["digit_steps"], m["batch"], m["threads"]) == (2, 3, 4, 1)
+    assert sorted(p.name for p in out.iterdir()) == ["digit_judge", "metrics.json", "scene_judge"]

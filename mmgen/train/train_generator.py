@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -209,9 +210,8 @@ def main(argv=None):
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
             "tokenizer": args.vq,
-            "command": f"python -m mmgen.train.train_generator --task {args.task} --order {args.order} "
-                       f"--tokenizer {args.vq} --out {args.out} --steps {args.steps} --batch {args.batch}"
-                       + (f" --block-rows {args.block_rows}" if args.block_rows != 1 else "")}
+            "num_scenes": args.num_scenes if args.task == "scenes" else None, "lr": args.lr, "seed": args.seed,
+            "command": "python -m mmgen.train.train_generator " + " ".join(argv if argv is not None else sys.argv[1:])}
     with atomic_dir(args.out) as tmp:  # the pipeline and its record, or nothing
         pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2))

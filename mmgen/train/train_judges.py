@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -103,7 +104,9 @@ def main(argv=None):
     scene = train_scene_judge(args.scene_steps, args.batch, args.seed)
     metrics = {"scene_judge": scene_accuracy(scene), "digit_judge": {"acc": digit_accuracy(digit)},
                "train_seconds": round(time.time() - t0, 1),
-               "command": f"python -m mmgen.train.train_judges --out {args.out}"}
+               "scene_steps": args.scene_steps, "digit_steps": args.digit_steps, "batch": args.batch,
+               "threads": torch.get_num_threads(),
+               "command": "python -m mmgen.train.train_judges " + " ".join(argv if argv is not None else sys.argv[1:])}
     with atomic_dir(args.out) as out:  # both judges and their figures, or nothing
         scene.save_pretrained(out / "scene_judge")
         digit.save_pretrained(out / "digit_judge")
