@@ -29,6 +29,7 @@ from mmgen.audio.corpus import TEST_SPEED, TEST_VOICE, synthesize  # noqa: E402
 from mmgen.pipelines import DualTokenSpeechPipeline  # noqa: E402
 from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
+from mmgen.records import command_line  # noqa: E402
 
 
 def main(argv=None):
@@ -72,7 +73,7 @@ def main(argv=None):
                              hyps=res["hyps"]))
             print({k2: v for k2, v in rows[-1].items() if k2 != "hyps"}, flush=True)
     result = dict(model=args.model, n_sentences=len(refs), source_voice=TEST_VOICE, threads=args.threads,
-                  command="python benchmarks/bench_dual_speech.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  command=command_line("python benchmarks/bench_dual_speech.py", argv),
                   date=time.strftime("%Y-%m-%d"), rows=rows)
     for r in rows:
         print({k: v for k, v in r.items() if k != "hyps"})

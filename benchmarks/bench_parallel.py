@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from datetime import date
 
@@ -23,6 +22,7 @@ from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline
 from mmgen.pipelines import ARImagePipeline
 from mmgen.pipelines.batch import atomic_write_json
 from mmgen.train.common import set_threads
+from mmgen.records import command_line
 
 
 def _load(name):
@@ -70,7 +70,7 @@ def main(argv=None):
     meta = {"task": args.task, "cfg": args.cfg, "temperature": args.temperature, "threads": threads,
             "time_threads": [threads] + extra,
             "date": str(date.today()), "torch": torch.__version__, "repeats": args.repeats,
-            "command": "python benchmarks/bench_parallel.py " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("python benchmarks/bench_parallel.py", argv)}
     print(json.dumps({"meta": meta, "rows": rows}, indent=2))
     if args.json:
         atomic_write_json(args.json, {"meta": meta, "rows": rows})

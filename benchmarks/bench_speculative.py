@@ -45,6 +45,7 @@ from mmgen.models import Condition
 from mmgen.pipelines import ARImagePipeline
 from mmgen.pipelines.batch import atomic_write_json
 from mmgen.train.common import set_threads
+from mmgen.records import command_line
 
 
 def methods(drafter: str | None, only=None):
@@ -202,7 +203,7 @@ def run(args):
     meta = {"model": args.model, "n": args.n, "tokens_per_image": n_tok, "guidance_scale": guidance,
             "sampling": samp, "threads": threads, "torch": torch.__version__, "date": str(date.today()),
             "machine": f"{platform.machine()} CPU", "timing_repeats": args.repeats, "timing_batches": args.batches,
-            "drafter": drafter, "command": "python benchmarks/bench_speculative.py " + " ".join(args.argv)}
+            "drafter": drafter, "command": command_line("python benchmarks/bench_speculative.py", args.argv)}
     print(json.dumps(meta))
     table(rows, args.batches)
     if args.json:

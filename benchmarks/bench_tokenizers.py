@@ -24,6 +24,7 @@ from mmgen.eval.tokenizer_metrics import prefix_curve, tokenizer_report  # noqa:
 from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.tokenizers_visual import load_tokenizer  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
+from mmgen.records import command_line  # noqa: E402
 
 # (row name, tokenizer folder, text-to-image pipeline folder or None), relative to assets/
 ROWS = [("VQ (LlamaGen)", "vq", "scenes-t2i"), ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
@@ -81,7 +82,7 @@ def main(argv=None):
         rows.append(row)
         print(json.dumps(row))
     result = {"rows": rows, "threads": threads, "date": str(date.today()), "machine": "2-core CPU (shared), torch "
-              + torch.__version__, "command": "python benchmarks/bench_tokenizers.py " + " ".join(argv or sys.argv[1:])}
+              + torch.__version__, "command": command_line("python benchmarks/bench_tokenizers.py", argv)}
     atomic_write_json(args.out, result)
     cols = ["tokens_per_image", "bits_per_image", "psnr_scenes", "ssim_scenes", "psnr_photos", "ssim_photos",
             "codebook_usage", "encode_ms_per_image", "decode_ms_per_image", "scenes_adherence_after_vq",

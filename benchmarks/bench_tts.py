@@ -32,6 +32,7 @@ from mmgen.audio.corpus import CORPUS_VERSION, TEST_VOICE, sentence_pool, synthe
 from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.pipelines.speech import SpeechPipeline, first_chunk_frames, head_frames, text_to_ids, vocode_codes  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
+from mmgen.records import command_line  # noqa: E402
 
 
 def unseen_sentences(train_corpus: str, n: int) -> list[str]:
@@ -159,7 +160,7 @@ def main(argv=None):
                                                      / tts[k]["forward_passes_per_utt"], 2)
         rows.append(tts[k])
     result = dict(model=args.model, n_sentences=len(refs), voice=TEST_VOICE, threads=args.threads,
-                  command="python benchmarks/bench_tts.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+                  command=command_line("python benchmarks/bench_tts.py", argv),
                   date=time.strftime("%Y-%m-%d"), rows=rows)
     for r in rows:
         print({k: v for k, v in r.items() if k != "hyps"})

@@ -37,6 +37,7 @@ from mmgen.data import to_tensor  # noqa: E402
 from mmgen.pipelines import ARImagePipeline  # noqa: E402
 from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
+from mmgen.records import command_line  # noqa: E402
 
 
 def pick_cfg_scenes(pipe, judge, grid, temps=(1.0,), n=60):
@@ -106,7 +107,7 @@ def main(argv=None):
                    validation_scores={_key(*k, temps): round(v, 4) for k, v in scores.items()},
                    decoding=pipe.transformer.native_decoding, threads=threads, date=str(date.today()),
                    eval_seconds=round(time.time() - t0, 1),
-                   tokenizer=type(pipe.vq).__name__, command="python scripts/evaluate.py " + " ".join(
+                   tokenizer=type(pipe.vq).__name__, command=command_line("python scripts/evaluate.py",
                        ["--cfg-grid", *map(str, args.cfg_grid)]
                        + (["--temperature-grid", *map(str, temps)] if len(temps) > 1 else []) + ["--models", name]))
         atomic_write_json(folder / "eval.json", res)

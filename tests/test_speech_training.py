@@ -5,13 +5,13 @@ import json
 import pytest
 import torch
 
-from conftest import needs_espeak
+from conftest import needs_espeak, needs_pocketsphinx
 from mmgen.audio import MelRVQCodec, build_corpus
 from mmgen.audio.dual import CTCSpeechTokenizer
 from mmgen.pipelines import DualTokenSpeechPipeline, SpeechPipeline
 from mmgen.train import train_ctc_tokenizer, train_speech_tokenizers, train_tts
 
-pytestmark = needs_espeak
+pytestmark = [needs_espeak, needs_pocketsphinx]  # eSpeak for the corpus, jiwer for the CTC trainer's CER
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +89,5 @@ def test_resumed_tts_training_equals_an_uninterrupted_run(corpus, tmp_path):
     a = SpeechTransformer.from_pretrained(tmp_path / "a" / "transformer").state_dict()
     b = SpeechTransformer.from_pretrained(tmp_path / "b" / "transformer").state_dict()
     assert all(torch.equal(v, b[k]) for k, v in a.items())
+    rec = json.loads((tmp_path / "b" / "training.json").read_text())  # both runs recorded
+    assert [g["steps"] for g in rec["segments"]] == ["0-1", "1-3"] and rec["command"] == rec["segments"][1]["command"]

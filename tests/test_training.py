@@ -111,7 +111,13 @@ def test_resumed_generator_training_equals_an_uninterrupted_run(tmp_path):
     rec = json.loads((tmp_path / "a" / "training.json").read_text())  # the real command line, every option
     assert rec["command"] == "python -m mmgen.train.train_generator " + " ".join(
         common + ["--out", str(tmp_path / "a"), "--work", str(tmp_path / "wa")])
-    assert rec["num_scenes"] == 64 and rec["threads"] == 1
+    assert rec["num_scenes"] == 64 and rec["threads"] == 1 and [g["steps"] for g in rec["segments"]] == ["0-3"]
+    # the resumed model's record keeps both runs: their step ranges, commands and times
+    rec = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert [g["steps"] for g in rec["segments"]] == ["0-1", "1-3"]
+    assert rec["segments"][0]["command"].endswith("--max-minutes 1e-9")
+    assert "--max-minutes" not in rec["segments"][1]["command"] and rec["command"] == rec["segments"][1]["command"]
+    assert rec["train_seconds"] == round(sum(g["seconds"] for g in rec["segments"]), 1)
     with pytest.raises(ValueError, match="must exceed the step already reached"):
         train_generator.main(common + ["--out", str(tmp_path / "c"), "--work", str(tmp_path / "wb")])
 
@@ -127,3 +133,15 @@ def test_judge_trainer_records_the_command_it_ran(tmp_path):
                             "--batch 4 --threads 1")
     assert (m["scene_steps"], m["digit_steps"], m["batch"], m["threads"]) == (2, 3, 4, 1)
     assert sorted(p.name for p in out.iterdir()) == ["digit_judge", "metrics.json", "scene_judge"]
+
+
+def test_recorded_command_lines_are_shell_quoted():
+    """A record's command, pasted into a shell, reruns the same arguments (an argument with a space stays one)."""
+    import shlex
+
+    from mmgen.records import command_line
+
+    cmd = command_line("python benchmarks/bench_speculative.py", ["--methods", "SJD", "LANTERN self", "--n", 5])
+    assert cmd == "python benchmarks/bench_speculative.py --methods SJD 'LANTERN self' --n 5"
+    assert shlex.split(cmd)[2:] == ["--methods", "SJD", "LANTERN self", "--n", "5"]
+    assert command_line("python x.py", []) == "python x.py"

@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -156,6 +157,30 @@ def data_stream(work: str | os.PathLike, seed: int, step: int, **generators) -> 
     if step:
         restore_rng(work, states)
     return rng, states
+
+
+class SegmentLog:
+    """What each run of a resumed training did: ``[{steps, threads, seconds, command}, ...]``, carried in the work
+    folder's ``trainer_state.json`` (pass :meth:`state` as ``save_checkpoint(extra=...)``) and written into the
+    exported record, so a model trained in several resumed runs keeps every run's command and time (work done after
+    a segment's last checkpoint is not counted: it was lost)."""
+
+    def __init__(self, work: str | os.PathLike, start_step: int, command: str, started: float | None = None):
+        """``started``: this run's start (``time.time()``; default now), so data preparation can be counted."""
+        prior = (load_trainer_state(work) or {}).get("segments", []) if start_step else []
+        self.prior, self.start, self.command = list(prior), start_step, command
+        self.t0 = time.time() if started is None else started
+
+    def segments(self, step: int) -> list[dict]:
+        """All segments, this one ending at ``step``."""
+        return self.prior + [{"steps": f"{self.start}-{step}", "threads": torch.get_num_threads(),
+                              "seconds": round(time.time() - self.t0, 1), "command": self.command}]
+
+    def state(self, step: int) -> dict:
+        return {"segments": self.segments(step)}
+
+    def total_seconds(self, step: int) -> float:
+        return round(sum(seg["seconds"] for seg in self.segments(step)), 1)
 
 
 def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):

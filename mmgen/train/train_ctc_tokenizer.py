@@ -9,7 +9,6 @@ read back from the discrete tokens alone on the held-out sentences. Resumable fr
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
+from ..records import command_line
 from .common import (check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
                      save_checkpoint, set_threads)
 
@@ -87,7 +87,7 @@ def main(argv=None):
                    token_rate_hz=model.frame_rate, bitrate_bps=model.bitrate(),
                    codebook_usage_test=round(tokens.unique().numel() / model.codebook_size, 3),
                    train_seconds=round(time.time() - t0, 1), steps=args.steps,
-                   command="python -m mmgen.train.train_ctc_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   command=command_line("python -m mmgen.train.train_ctc_tokenizer", argv))
     if acc.is_main_process:
         export_with_metrics(model, args.out, metrics)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 
 import torch
@@ -32,6 +31,7 @@ from ..assets import model_path
 from ..decoding import SamplingConfig, get_decoder
 from ..models import Condition
 from ..models.drafter import Drafter, generator_features
+from ..records import command_line
 from .common import atomic_dir, set_threads
 
 
@@ -136,7 +136,7 @@ def main(argv=None):
     info = {"model": str(args.model), "steps": step + 1, "batch": args.batch, "num_samples": len(tokens),
             "guidance": args.guidance, "final": log[-1] if log else None, "self_distill_seconds": round(t_data, 1),
             "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
-            "command": "python -m mmgen.train.train_drafter " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": command_line("python -m mmgen.train.train_drafter", argv)}
     with atomic_dir(args.out) as out:
         dr.save_pretrained(out)
         (out / "training.json").write_text(json.dumps(info, indent=2))

@@ -18,7 +18,6 @@ import hashlib
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -33,8 +32,9 @@ from ..data.scenes import caption_vocabulary
 from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
-from .common import (atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors, restore_rng,
-                     save_checkpoint, set_threads)
+from ..records import command_line
+from .common import (SegmentLog, atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors,
+                     restore_rng, save_checkpoint, set_threads)
 
 TEXT_LEN = 24
 PRESETS = {
@@ -152,6 +152,7 @@ def main(argv=None):
             from transformers import BertModel
             text_encoder = BertModel.from_pretrained(work / "text_encoder")
         acc.print(f"resuming from step {step}")
+    log = SegmentLog(work, step, command_line("python -m mmgen.train.train_generator", argv), started=t_start)
     params = list(model.parameters()) + (list(text_encoder.parameters()) if text_encoder is not None else [])
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
@@ -197,7 +198,7 @@ def main(argv=None):
             models = {"transformer": acc.unwrap_model(model)}
             if text_encoder is not None:
                 models["text_encoder"] = acc.unwrap_model(text_encoder)
-            save_checkpoint(work, models, opt, step + 1, rng=rng)
+            save_checkpoint(work, models, opt, step + 1, extra=log.state(step + 1), rng=rng)
         if done:
             break
     if not acc.is_main_process:
@@ -208,10 +209,10 @@ def main(argv=None):
     pipe = ARImagePipeline(transformer=model, vq=vq, text_encoder=text_encoder and acc.unwrap_model(text_encoder).eval(),
                            tokenizer=tokenizer)
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
-            "train_seconds": round(time.time() - t_start, 1), "threads": torch.get_num_threads(),
+            "train_seconds": log.total_seconds(step + 1), "threads": torch.get_num_threads(),
             "tokenizer": args.vq,
             "num_scenes": args.num_scenes if args.task == "scenes" else None, "lr": args.lr, "seed": args.seed,
-            "command": "python -m mmgen.train.train_generator " + " ".join(argv if argv is not None else sys.argv[1:])}
+            "command": log.command, "segments": log.segments(step + 1)}
     with atomic_dir(args.out) as tmp:  # the pipeline and its record, or nothing
         pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -22,6 +21,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, load_digits_rgb, to_tensor
 from ..eval.judges import DigitJudge, SceneJudge, attribute_matches
+from ..records import command_line
 from .common import atomic_dir, set_threads
 
 
@@ -106,7 +106,7 @@ def main(argv=None):
                "train_seconds": round(time.time() - t0, 1),
                "scene_steps": args.scene_steps, "digit_steps": args.digit_steps, "batch": args.batch,
                "threads": torch.get_num_threads(),
-               "command": "python -m mmgen.train.train_judges " + " ".join(argv if argv is not None else sys.argv[1:])}
+               "command": command_line("python -m mmgen.train.train_judges", argv)}
     with atomic_dir(args.out) as out:  # both judges and their figures, or nothing
         scene.save_pretrained(out / "scene_judge")
         digit.save_pretrained(out / "digit_judge")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from ..audio.codec import MelRVQCodec
 from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
+from ..records import command_line
 from .common import (atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start, save_checkpoint,
                      set_threads)
 
@@ -103,7 +103,7 @@ def main(argv=None):
         rec_err = float(np.mean([F.l1_loss(codec.decode_mel(codec.encode_mel(m[None])), m[None]).item() for m in test]))
         codes = torch.cat([codec.encode_mel(m[None])[0] for m in mels[:200]], 1)  # (M, N)
     usage = [round(codes[q].unique().numel() / codec.codebook_size, 3) for q in range(codec.num_quantizers)]
-    cmd = "python -m mmgen.train.train_speech_tokenizers " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = command_line("python -m mmgen.train.train_speech_tokenizers", argv)
     metrics = dict(codec_test_logmel_l1=round(rec_err, 4), codec_usage_per_level=usage,
                    codec_bitrate_bps=codec.bitrate(), codec_frame_rate=codec.frame_rate,
                    semantic_bitrate_bps=semantic.bitrate(), codec_train_seconds=round(t_codec, 1),

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tqdm import tqdm
 from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
+from ..records import command_line
 from .common import (atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
                      optimizer_from_safetensors, save_checkpoint, set_threads)
 
@@ -122,7 +122,7 @@ def main(argv=None):
     model = acc.unwrap_model(vq)
     metrics = evaluate_tokenizer(model)
     metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),
-                   command="python -m mmgen.train.train_tokenizer " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   command=command_line("python -m mmgen.train.train_tokenizer", argv))
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             model.save_pretrained(tmp)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -33,8 +32,9 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
-from .common import (atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start, save_checkpoint,
-                     set_threads)
+from ..records import command_line
+from .common import (SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+                     save_checkpoint, set_threads)
 
 
 @torch.no_grad()
@@ -122,6 +122,7 @@ def main(argv=None):
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng, states = data_stream(work, args.seed, step)  # restored on resume
+    log = SegmentLog(work, step, command_line("python -m mmgen.train.train_tts", argv), started=t0)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     parts = []
     for step in bar:
@@ -136,13 +137,13 @@ def main(argv=None):
         bar.set_postfix(loss=f"{loss.item():.3f}", main=parts[0])
         stop = args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps or stop:
-            save_checkpoint(work, {"transformer": acc.unwrap_model(model)}, opt, step + 1, rng=states)
+            save_checkpoint(work, {"transformer": acc.unwrap_model(model)}, opt, step + 1, extra=log.state(step + 1),
+                            rng=states)
         if stop:
             break
     model = acc.unwrap_model(model).eval()
-    cmd = "python -m mmgen.train.train_tts " + " ".join(argv if argv is not None else sys.argv[1:])
-    info = dict(steps_done=step + 1, final_losses=parts, train_seconds=round(time.time() - t0, 1),
-                threads=torch.get_num_threads(), command=cmd)
+    info = dict(steps_done=step + 1, final_losses=parts, train_seconds=log.total_seconds(step + 1),
+                threads=torch.get_num_threads(), command=log.command, segments=log.segments(step + 1))
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             if semantic is None:

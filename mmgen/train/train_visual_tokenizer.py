@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
+from ..records import command_line
 from .common import (check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
                      resume_or_start, save_checkpoint, set_threads)
 
@@ -105,8 +105,7 @@ def main(argv=None):
             k = model.config.num_latent_tokens
             metrics["psnr_vs_length"] = prefix_curve(model, [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k])
         metrics.update(steps=step + 1, train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads(),
-                       command="python -m mmgen.train.train_visual_tokenizer "
-                               + " ".join(argv if argv is not None else sys.argv[1:]))
+                       command=command_line("python -m mmgen.train.train_visual_tokenizer", argv))
         export_with_metrics(model, args.out, metrics)
 
 
