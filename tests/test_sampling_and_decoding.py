@@ -78,3 +78,35 @@ def test_gsd_reads_a_unit_norm_codebook():
     dec = get_decoder("gsd")
     dec.prepare(Tok())
     assert torch.allclose(dec._emb.norm(dim=-1), torch.ones(12))
+
+
+def test_device_clock_waits_for_queued_cuda_work(monkeypatch):
+    """CUDA launches are asynchronous: the clock behind every decoder's wall time synchronises a CUDA device first
+    (and only a CUDA device)."""
+    from mmgen.decoding.base import device_clock
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: calls.append(str(device)))
+    device_clock("cpu")
+    device_clock(None)
+    assert calls == []
+    device_clock(torch.device("cuda", 0))
+    assert calls == ["cuda:0"]
+
+
+@pytest.mark.parametrize("name,order", [("ar", "raster"), ("sjd", "raster"), ("gsd", "raster"), ("lantern", "raster"),
+                                        ("nar", "nar"), ("nbp", "nbp")])
+def test_every_decoder_times_itself_with_the_device_clock(monkeypatch, name, order):
+    import mmgen.decoding.base as base
+    from mmgen.decoding import get_decoder
+    from mmgen.models import ARTransformer, Condition
+
+    ticks = []
+    monkeypatch.setattr(base, "device_clock", lambda device=None: ticks.append(str(device)) or 10.0 * len(ticks))
+    gen = ARTransformer(vocab_size=16, grid_size=4, dim=16, n_layers=1, n_heads=2, num_classes=3, order=order).eval()
+    dec = get_decoder(name)
+    if name in ("gsd", "lantern"):
+        dec.prepare(type("Tok", (), {"codebook": torch.randn(16, 4, generator=torch.Generator().manual_seed(0))})())
+    state = gen.prefill(Condition(class_labels=torch.tensor([1])), extra_slots=dec.extra_slots)
+    res = dec.decode(gen, state, SamplingConfig(), torch.Generator().manual_seed(0))
+    assert ticks == ["cpu", "cpu"] and res.stats.wall_time == 10.0  # one reading at the start, one at the end

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -34,5 +33,5 @@ class ARDecoder(Decoder):
                 pos = torch.full((b, 1), i, dtype=torch.long, device=dev)
                 logits = generator.forward_step(state, tokens[:, i : i + 1], pos).logits[:, -1]
                 stats.forward_passes += 1
-        stats.wall_time = time.perf_counter() - t0
+        stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(tokens, stats)

@@ -84,7 +84,21 @@ class Decoder:
 
     def _start(self, state) -> tuple[DecodeStats, float]:
         return DecodeStats(method=self.name, forward_passes=1, tokens=state.num_tokens,
-                           batch_size=state.batch_size), time.perf_counter()
+                           batch_size=state.batch_size), device_clock(state.first_logits.device)
+
+    @staticmethod
+    def _elapsed(state, t0: float) -> float:
+        """Seconds since ``t0`` (from :meth:`_start`), after the device's queued work has finished."""
+        return device_clock(state.first_logits.device) - t0
+
+
+def device_clock(device: "torch.device | str | None" = None) -> float:
+    """``time.perf_counter()`` once the queued kernels of a CUDA ``device`` have finished (CUDA launches are
+    asynchronous: without the wait a decoder's wall time would stop before its last forward pass ran); on other
+    devices just the clock. Every decoder's ``stats.wall_time`` and the benchmarks' timings read this clock."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
 
 
 DECODERS: dict[str, type[Decoder]] = {}

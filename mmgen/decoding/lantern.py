@@ -37,7 +37,6 @@ Defaults from the code (``--lantern_k 1000 --lantern_delta 0.1``, k clipped to V
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
@@ -216,5 +215,5 @@ class LanternDecoder(SJDDecoder):
             hid, dl, r, n = out.hidden, n, e, n_new  # window hidden 0..e-1 = h_{n-1}..h_{n_new-2}
             step += 1
             self._emit(callback, step, canvas, n)
-        stats.wall_time = time.perf_counter() - t0
+        stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(canvas[:, :n_tok].clone(), stats)

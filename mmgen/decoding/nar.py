@@ -11,7 +11,6 @@ CFG, before temperature/top-k/top-p); all cells are sampled independently. A G x
 from __future__ import annotations
 
 import functools
-import time
 
 import torch
 
@@ -81,7 +80,7 @@ class NARDecoder(Decoder):
             stats.accepted_lengths.extend([len(cells)] * b)
             self._emit(callback, s, tokens, order[:done])
             prev = cells
-        stats.wall_time = time.perf_counter() - t0
+        stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(tokens, stats)
 
     @staticmethod

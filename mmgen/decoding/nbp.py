@@ -9,7 +9,6 @@ tokens of a block are sampled independently: N / block_size forward passes (G fo
 
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -40,5 +39,5 @@ class NBPDecoder(Decoder):
                 pos = torch.arange(r * blk, (r + 1) * blk, device=dev).expand(b, -1)
                 logits = generator.forward_step(state, tokens[:, r * blk:(r + 1) * blk], pos).logits
                 stats.forward_passes += 1
-        stats.wall_time = time.perf_counter() - t0
+        stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(tokens, stats)

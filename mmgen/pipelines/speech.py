@@ -25,7 +25,7 @@ from ..audio.codec import MelRVQCodec
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.corpus import ALPHABET, check_text
 from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
-from ..decoding.base import DecodeStats
+from ..decoding.base import DecodeStats, device_clock
 from ..decoding.sampling import is_count, is_finite_number
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
 
@@ -154,13 +154,13 @@ class SpeechPipeline(DiffusionPipeline):
         if output_type not in ("np", "pt"):
             raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
         ids, vid, max_frames, min_frames = self._inputs(text, voice, mctp, max_seconds, temperature, min_seconds, top_k)
-        t0 = time.perf_counter()
+        t0 = device_clock(ids.device)
         gen = self.transformer.generate(ids, vid, mctp=mctp, temperature=temperature, top_k=top_k,
                                         max_frames=max_frames, min_frames=min_frames, generator=generator)
         head = self._head(mctp)
         waves = [vocode_codes(self.codec, c, head) if c.shape[1] else torch.zeros(0) for c in gen.codes]
         stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
-                            tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=time.perf_counter() - t0,
+                            tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=device_clock(ids.device) - t0,
                             accepted_lengths=[n for n in gen.steps_per_forward for _ in range(ids.shape[0])])  # per row
         lengths = [int(w.numel()) for w in waves]
         audios = torch.zeros(len(waves), 1, max(lengths + [1]))
