@@ -110,3 +110,15 @@ def test_every_decoder_times_itself_with_the_device_clock(monkeypatch, name, ord
     state = gen.prefill(Condition(class_labels=torch.tensor([1])), extra_slots=dec.extra_slots)
     res = dec.decode(gen, state, SamplingConfig(), torch.Generator().manual_seed(0))
     assert ticks == ["cpu", "cpu"] and res.stats.wall_time == 10.0  # one reading at the start, one at the end
+
+
+def test_draws_happen_on_the_generators_device():
+    """A generator drives draws on its own device (a CPU generator can drive a CUDA model, as in diffusers); on one
+    device the helpers draw exactly what torch would."""
+    from mmgen.decoding.sampling import draw_device, multinomial
+
+    g = torch.Generator().manual_seed(3)
+    assert draw_device(g, "cuda") == torch.device("cpu") and draw_device(None, "cpu") == torch.device("cpu")
+    probs = torch.softmax(torch.randn(5, 7, generator=torch.Generator().manual_seed(0)), -1)
+    expect = torch.multinomial(probs, 1, generator=torch.Generator().manual_seed(3))[:, 0]
+    assert torch.equal(multinomial(probs, g), expect)

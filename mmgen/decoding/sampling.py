@@ -56,6 +56,19 @@ def final_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
     return x.softmax(-1)
 
 
+def draw_device(generator: "torch.Generator | None", device) -> torch.device:
+    """Where a draw with ``generator`` happens: on the generator's own device, so a CPU generator can drive a model on
+    CUDA (as in diffusers) and the same seed draws the same numbers on either; the result is then moved to
+    ``device``. Without a generator: ``device``."""
+    return generator.device if isinstance(generator, torch.Generator) else torch.device(device)
+
+
+def multinomial(probs: torch.Tensor, generator: "torch.Generator | None") -> torch.Tensor:
+    """probs (N, V) -> one draw per row (N,), on ``probs``' device, drawn on the generator's device."""
+    dev = draw_device(generator, probs.device)
+    return torch.multinomial(probs.to(dev), 1, generator=generator)[:, 0].to(probs.device)
+
+
 def sample_from(probs: torch.Tensor, generator: "torch.Generator | list | None") -> torch.Tensor:
     """probs (B, V) -> ids (B,) drawn with ``generator`` (the only source of randomness).
 
@@ -65,8 +78,8 @@ def sample_from(probs: torch.Tensor, generator: "torch.Generator | list | None")
     if isinstance(generator, (list, tuple)):
         if len(generator) != probs.shape[0]:
             raise ValueError(f"generator list must have one generator per row ({probs.shape[0]}), got {len(generator)}")
-        return torch.cat([torch.multinomial(p[None], 1, generator=g)[:, 0] for p, g in zip(probs, generator)])
-    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+        return torch.cat([multinomial(p[None], g) for p, g in zip(probs, generator)])
+    return multinomial(probs, generator)
 
 
 def pick(logits: torch.Tensor, cfg: SamplingConfig, generator: torch.Generator | None) -> torch.Tensor:

@@ -56,23 +56,25 @@ import math
 import torch
 
 from .base import DecodeResult, Decoder, register_decoder
-from .sampling import SamplingConfig, final_probs
+from .sampling import SamplingConfig, draw_device, final_probs, multinomial
 
 INITS = ("random", "left", "above")
 
 
 # ---------------------------------------------------------------------------- random helpers
+# every draw happens on the generator's device and is moved to ``device`` (sampling.draw_device)
 def _rand(rng, b: int, k: int, device) -> torch.Tensor:
     """U(0, 1) variates (B, k); row b from ``rng[b]`` when ``rng`` is a list."""
     if isinstance(rng, (list, tuple)):
-        return torch.stack([torch.rand(k, generator=g, device=device) for g in rng])
-    return torch.rand(b, k, generator=rng, device=device)
+        return torch.stack([torch.rand(k, generator=g, device=draw_device(g, device)).to(device) for g in rng])
+    return torch.rand(b, k, generator=rng, device=draw_device(rng, device)).to(device)
 
 
 def _randint(rng, b: int, k: int, high: int, device) -> torch.Tensor:
     if isinstance(rng, (list, tuple)):
-        return torch.stack([torch.randint(high, (k,), generator=g, device=device) for g in rng])
-    return torch.randint(high, (b, k), generator=rng, device=device)
+        return torch.stack([torch.randint(high, (k,), generator=g, device=draw_device(g, device)).to(device)
+                            for g in rng])
+    return torch.randint(high, (b, k), generator=rng, device=draw_device(rng, device)).to(device)
 
 
 def _multinomial(probs: torch.Tensor, rng) -> torch.Tensor:
@@ -81,8 +83,8 @@ def _multinomial(probs: torch.Tensor, rng) -> torch.Tensor:
     if isinstance(rng, (list, tuple)):
         if len(rng) != b:
             raise ValueError(f"generator list must have one generator per row ({b}), got {len(rng)}")
-        return torch.stack([torch.multinomial(probs[i], 1, generator=g)[:, 0] for i, g in enumerate(rng)])
-    return torch.multinomial(probs.reshape(b * t, v), 1, generator=rng).view(b, t)
+        return torch.stack([multinomial(probs[i], g) for i, g in enumerate(rng)])
+    return multinomial(probs.reshape(b * t, v), rng).view(b, t)
 
 
 def residual_probs(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..decoding.sampling import multinomial
 from .ar_transformer import Block, RMSNorm, ffn_hidden
 from .rope import rope_1d_table
 
@@ -242,7 +243,7 @@ class SpeechTransformer(ModelMixin, ConfigMixin):
                 kth = z.topk(min(top_k, v), dim=-1).values[..., -1:]
                 z = z.masked_fill(z < kth, float("-inf"))
             probs = z.softmax(-1).reshape(b * m, v)
-            tok = torch.multinomial(probs, 1, generator=generator).reshape(b, m)
+            tok = multinomial(probs, generator).reshape(b, m)  # drawn on the generator's device
         q = torch.arange(m, device=logits.device)
         frame = step - q  # (M,) frame index each level is on
         tok = torch.where(frame[None] < 0, torch.full_like(tok, self.PAD), tok)
