@@ -95,7 +95,7 @@ class Decoder:
 def device_clock(device: "torch.device | str | None" = None) -> float:
     """``time.perf_counter()`` once the queued kernels of a CUDA ``device`` have finished (CUDA launches are
     asynchronous: without the wait a decoder's wall time would stop before its last forward pass ran); on other
-    devices just the clock. Every decoder's ``stats.wall_time`` and the benchmarks' timings read this clock."""
+    devices just the clock. Every decoder's ``stats.wall_time`` reads this clock."""
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter()

@@ -9,7 +9,6 @@ tokens of a block are sampled independently: N / block_size forward passes (G fo
 
 from __future__ import annotations
 
-
 import torch
 
 from .base import DecodeResult, Decoder, register_decoder
