@@ -370,3 +370,24 @@ def test_cli_tokenize_uses_the_pipeline_generators_image_size(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tokenize", str(tmp_path / "d.png"), "--tokenizer", "digits-c2i"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_tokens"] == 64
+
+
+def test_visual_tokenizer_trainer_resumes_exports_and_records_every_run(tmp_path):
+    """The family's trainer: stopped after one step, resumed to two, exported with its figures; the record keeps
+    both runs (steps, command) and the exported tokenizer loads and round-trips."""
+    import json
+
+    from mmgen.tokenizers_visual import load_tokenizer
+    from mmgen.train import train_visual_tokenizer
+
+    cfg = json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL[OneDPieceTokenizer].items()})
+    common = ["--kind", "onedpiece", "--config", cfg, "--out", str(tmp_path / "tok"), "--work", str(tmp_path / "w"),
+              "--steps", "2", "--batch", "4", "--save-every", "1", "--threads", "1"]
+    train_visual_tokenizer.main(common + ["--max-minutes", "1e-9"])
+    train_visual_tokenizer.main(common)
+    m = json.loads((tmp_path / "tok" / "metrics.json").read_text())
+    assert m["steps"] == 2 and [g["steps"] for g in m["segments"]] == ["0-1", "1-2"]
+    assert m["segments"][0]["command"].endswith("--max-minutes 1e-9") and m["command"] == m["segments"][1]["command"]
+    assert "psnr_scenes" in m and "psnr_vs_length" in m
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.decode(tok.encode(images(2)).ids).shape == (2, 3, 64, 64)

@@ -21,7 +21,7 @@ from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
 from ..records import command_line
-from .common import (check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
+from .common import (SegmentLog, check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
                      save_checkpoint, set_threads)
 
 
@@ -58,6 +58,7 @@ def main(argv=None):
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     rng, states = data_stream(work, args.seed, step)  # restored on resume
+    log = SegmentLog(work, step, command_line("python -m mmgen.train.train_ctc_tokenizer", argv), started=t0)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         model.train()
@@ -77,7 +78,8 @@ def main(argv=None):
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.3f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, rng=states)
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, extra=log.state(step + 1),
+                            rng=states)
     model = acc.unwrap_model(model).eval()
     test = load_corpus(args.corpus, "test")
     hyps = [model.transcribe(model.encode(r["audio"]))[0] for r in test]
@@ -86,8 +88,8 @@ def main(argv=None):
     metrics = dict(test_cer_from_tokens=round(char_error_rate(refs, hyps), 4), examples=list(zip(refs, hyps))[:4],
                    token_rate_hz=model.frame_rate, bitrate_bps=model.bitrate(),
                    codebook_usage_test=round(tokens.unique().numel() / model.codebook_size, 3),
-                   train_seconds=round(time.time() - t0, 1), steps=args.steps,
-                   command=command_line("python -m mmgen.train.train_ctc_tokenizer", argv))
+                   train_seconds=log.total_seconds(args.steps), steps=args.steps, command=log.command,
+                   segments=log.segments(args.steps))
     if acc.is_main_process:
         export_with_metrics(model, args.out, metrics)
 

@@ -24,7 +24,7 @@ from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
 from ..records import command_line
-from .common import (atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
+from .common import (SegmentLog, atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
                      optimizer_from_safetensors, save_checkpoint, set_threads)
 
 
@@ -93,6 +93,7 @@ def main(argv=None):
     digits, _ = load_digits_rgb("train")
     rng, states = data_stream(args.work, args.seed, step)  # restored on resume
     t0 = time.time()
+    log = SegmentLog(args.work, step, command_line("python -m mmgen.train.train_tokenizer", argv), started=t0)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         vq.train()
@@ -118,11 +119,12 @@ def main(argv=None):
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss_total:.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(args.work, {"model": acc.unwrap_model(vq)}, opt, step + 1, rng=states)
+            save_checkpoint(args.work, {"model": acc.unwrap_model(vq)}, opt, step + 1, extra=log.state(step + 1),
+                            rng=states)
     model = acc.unwrap_model(vq)
     metrics = evaluate_tokenizer(model)
-    metrics.update(steps=args.steps, train_seconds=round(time.time() - t0, 1),
-                   command=command_line("python -m mmgen.train.train_tokenizer", argv))
+    metrics.update(steps=args.steps, train_seconds=log.total_seconds(args.steps), command=log.command,
+                   segments=log.segments(args.steps))
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             model.save_pretrained(tmp)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
 from ..records import command_line
-from .common import (check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
+from .common import (SegmentLog, check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
                      resume_or_start, save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
@@ -77,6 +77,7 @@ def main(argv=None):
     photos = photo_crops(4000, seed=7)
     rng, states = data_stream(work, args.seed, step, gen=gen)  # restored on resume
     t0 = time.time()
+    log = SegmentLog(work, step, command_line("python -m mmgen.train.train_visual_tokenizer", argv), started=t0)
     bar = tqdm(range(step, args.steps), initial=step, total=args.steps, disable=not acc.is_main_process)
     for step in bar:
         model.train()
@@ -92,7 +93,8 @@ def main(argv=None):
         bar.set_postfix({k: f"{float(v):.3f}" for k, v in out.items() if k != "kept_tokens"})
         done = step + 1 == args.steps or (args.max_minutes and time.time() - t0 > 60 * args.max_minutes)
         if (step + 1) % args.save_every == 0 or done:
-            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, rng=states)
+            save_checkpoint(work, {"model": acc.unwrap_model(model)}, opt, step + 1, extra=log.state(step + 1),
+                            rng=states)
         if done:
             break
 
@@ -104,8 +106,8 @@ def main(argv=None):
         if args.kind == "onedpiece":
             k = model.config.num_latent_tokens
             metrics["psnr_vs_length"] = prefix_curve(model, [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k])
-        metrics.update(steps=step + 1, train_seconds=round(time.time() - t0, 1), threads=torch.get_num_threads(),
-                       command=command_line("python -m mmgen.train.train_visual_tokenizer", argv))
+        metrics.update(steps=step + 1, train_seconds=log.total_seconds(step + 1), threads=torch.get_num_threads(),
+                       command=log.command, segments=log.segments(step + 1))
         export_with_metrics(model, args.out, metrics)
 
 
