@@ -30,7 +30,7 @@ test: install-dev
 
 # Real-browser test only (needs Debian's chromium: apt-get install -y chromium; .ci/run installs it).
 e2e: install-dev
-	$(BIN)/python -m pytest tests/test_e2e_browser.py
+	MMGEN_UPDATE_SCREENSHOT=1 $(BIN)/python -m pytest tests/test_e2e_browser.py
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_decode.py

@@ -142,7 +142,7 @@ def app_url():
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_browser_submits_prompt_and_sees_images(app_url):
+def test_browser_submits_prompt_and_sees_images(app_url, tmp_path):
     with tempfile.TemporaryDirectory() as profile:
         browser = Browser(CHROMIUM, profile)
         try:
@@ -171,9 +171,12 @@ def test_browser_submits_prompt_and_sees_images(app_url):
             shot = base64.b64decode(page.send("Page.captureScreenshot", {"format": "png"})["data"])
         finally:
             browser.close()
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    tmp = SCREENSHOT.with_name(f".{SCREENSHOT.name}.tmp")
+    # the screenshot goes to the test's temp folder; MMGEN_UPDATE_SCREENSHOT=1 refreshes docs/app_screenshot.png
+    # (a plain test run leaves the working tree untouched)
+    target = SCREENSHOT if os.environ.get("MMGEN_UPDATE_SCREENSHOT") == "1" else tmp_path / SCREENSHOT.name
+    target.parent.mkdir(exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
     tmp.write_bytes(shot)
-    os.replace(tmp, SCREENSHOT)
-    with Image.open(SCREENSHOT) as im:
+    os.replace(tmp, target)
+    with Image.open(target) as im:
         assert im.format == "PNG" and im.size == (1280, 1100)
