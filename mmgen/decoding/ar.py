@@ -24,10 +24,7 @@ class ARDecoder(Decoder):
         for i in range(n):
             tokens[:, i] = pick(logits, sampling, rng)
             stats.accepted_lengths.extend([1] * b)
-            if callback is not None:
-                new = callback(i, tokens[:, : i + 1])
-                if new is not None:
-                    tokens[:, : i + 1] = new
+            self._apply_callback(callback, i, tokens, slice(0, i + 1))
             if i + 1 < n:
                 pos = torch.full((b, 1), i, dtype=torch.long, device=dev)
                 logits = generator.forward_step(state, tokens[:, i : i + 1], pos).logits[:, -1]

@@ -87,6 +87,16 @@ class Decoder:
                            batch_size=state.batch_size), device_clock(state.first_logits.device)
 
     @staticmethod
+    def _apply_callback(callback, step: int, tokens: torch.Tensor, committed) -> None:
+        """callback(step, tokens[:, committed] (B, n)): the committed tokens (``committed`` a slice, or an index
+        tensor for NAR's generation order); a returned edit is written back before they are fed."""
+        if callback is None:
+            return
+        new = callback(step, tokens[:, committed])
+        if new is not None:
+            tokens[:, committed] = torch.as_tensor(new, dtype=tokens.dtype, device=tokens.device)
+
+    @staticmethod
     def _elapsed(state, t0: float) -> float:
         """Seconds since ``t0`` (from :meth:`_start`), after the device's queued work has finished."""
         return device_clock(state.first_logits.device) - t0

@@ -63,7 +63,7 @@ class NARDecoder(Decoder):
         tokens[:, 0] = pick(state.first_logits, sampling, rng)
         stats.accepted_lengths.extend([1] * b)
         order = emission_order(g).to(dev)  # (G^2,) raster index of the i-th generated cell
-        self._emit(callback, 0, tokens, order[:1])
+        self._apply_callback(callback, 0, tokens, order[:1])
         prev = torch.zeros(1, dtype=torch.long, device=dev)  # diagonal 0
         done = 1
         for s, (cells, left, up) in enumerate(neighbour_plan(g), start=1):
@@ -78,19 +78,10 @@ class NARDecoder(Decoder):
             tokens[:, cells] = new
             done += len(cells)
             stats.accepted_lengths.extend([len(cells)] * b)
-            self._emit(callback, s, tokens, order[:done])
+            self._apply_callback(callback, s, tokens, order[:done])
             prev = cells
         stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(tokens, stats)
-
-    @staticmethod
-    def _emit(callback, step: int, tokens: torch.Tensor, committed: torch.Tensor) -> None:
-        """callback(step, tokens (B, n) of the n committed cells in generation order); writes an edit back."""
-        if callback is None:
-            return
-        new = callback(step, tokens[:, committed])
-        if new is not None:
-            tokens[:, committed] = torch.as_tensor(new, dtype=tokens.dtype, device=tokens.device)
 
 
 def _rows(rng, b: int, t: int):

@@ -30,10 +30,7 @@ class NBPDecoder(Decoder):
         for r in range(n // blk):
             tokens[:, r * blk:(r + 1) * blk] = pick(logits.flatten(0, 1), sampling, _rows(rng, b, blk)).view(b, blk)
             stats.accepted_lengths.extend([blk] * b)
-            if callback is not None:  # an edit replaces the committed rows before block r is fed
-                new = callback(r, tokens[:, :(r + 1) * blk])
-                if new is not None:
-                    tokens[:, :(r + 1) * blk] = new
+            self._apply_callback(callback, r, tokens, slice(0, (r + 1) * blk))  # an edit lands before block r is fed
             if (r + 1) * blk < n:
                 pos = torch.arange(r * blk, (r + 1) * blk, device=dev).expand(b, -1)
                 logits = generator.forward_step(state, tokens[:, r * blk:(r + 1) * blk], pos).logits
