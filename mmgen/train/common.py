@@ -179,8 +179,12 @@ class SegmentLog:
     def state(self, step: int) -> dict:
         return {"segments": self.segments(step)}
 
-    def total_seconds(self, step: int) -> float:
-        return round(sum(seg["seconds"] for seg in self.segments(step)), 1)
+    def record(self, step: int) -> dict:
+        """For the exported record: ``train_seconds`` (all segments), ``command`` (this run's) and ``segments``,
+        from one reading of the clock."""
+        segs = self.segments(step)
+        return {"train_seconds": round(sum(seg["seconds"] for seg in segs), 1), "command": self.command,
+                "segments": segs}
 
 
 def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):

@@ -88,8 +88,7 @@ def main(argv=None):
     metrics = dict(test_cer_from_tokens=round(char_error_rate(refs, hyps), 4), examples=list(zip(refs, hyps))[:4],
                    token_rate_hz=model.frame_rate, bitrate_bps=model.bitrate(),
                    codebook_usage_test=round(tokens.unique().numel() / model.codebook_size, 3),
-                   train_seconds=log.total_seconds(args.steps), steps=args.steps, command=log.command,
-                   segments=log.segments(args.steps))
+                   steps=args.steps, **log.record(args.steps))
     if acc.is_main_process:
         export_with_metrics(model, args.out, metrics)
 

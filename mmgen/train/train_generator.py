@@ -209,10 +209,9 @@ def main(argv=None):
     pipe = ARImagePipeline(transformer=model, vq=vq, text_encoder=text_encoder and acc.unwrap_model(text_encoder).eval(),
                            tokenizer=tokenizer)
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
-            "train_seconds": log.total_seconds(step + 1), "threads": torch.get_num_threads(),
-            "tokenizer": args.vq,
+            "threads": torch.get_num_threads(), "tokenizer": args.vq,
             "num_scenes": args.num_scenes if args.task == "scenes" else None, "lr": args.lr, "seed": args.seed,
-            "command": log.command, "segments": log.segments(step + 1)}
+            **log.record(step + 1)}
     with atomic_dir(args.out) as tmp:  # the pipeline and its record, or nothing
         pipe.save_pretrained(tmp)
         (tmp / "training.json").write_text(json.dumps(info, indent=2))

@@ -123,8 +123,7 @@ def main(argv=None):
                             rng=states)
     model = acc.unwrap_model(vq)
     metrics = evaluate_tokenizer(model)
-    metrics.update(steps=args.steps, train_seconds=log.total_seconds(args.steps), command=log.command,
-                   segments=log.segments(args.steps))
+    metrics.update(steps=args.steps, **log.record(args.steps))
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             model.save_pretrained(tmp)

@@ -142,8 +142,7 @@ def main(argv=None):
         if stop:
             break
     model = acc.unwrap_model(model).eval()
-    info = dict(steps_done=step + 1, final_losses=parts, train_seconds=log.total_seconds(step + 1),
-                threads=torch.get_num_threads(), command=log.command, segments=log.segments(step + 1))
+    info = dict(steps_done=step + 1, final_losses=parts, threads=torch.get_num_threads(), **log.record(step + 1))
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             if semantic is None:

@@ -106,8 +106,7 @@ def main(argv=None):
         if args.kind == "onedpiece":
             k = model.config.num_latent_tokens
             metrics["psnr_vs_length"] = prefix_curve(model, [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k])
-        metrics.update(steps=step + 1, train_seconds=log.total_seconds(step + 1), threads=torch.get_num_threads(),
-                       command=log.command, segments=log.segments(step + 1))
+        metrics.update(steps=step + 1, threads=torch.get_num_threads(), **log.record(step + 1))
         export_with_metrics(model, args.out, metrics)
 
 
