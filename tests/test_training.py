@@ -1,4 +1,5 @@
 import json
+import shlex
 
 import pytest
 import torch
@@ -109,7 +110,7 @@ def test_resumed_generator_training_equals_an_uninterrupted_run(tmp_path):
     assert all(torch.equal(v, b[k]) for k, v in a.items())
     assert not all(torch.equal(v, b1[k]) for k, v in a.items())  # the interrupted export really stopped early
     rec = json.loads((tmp_path / "a" / "training.json").read_text())  # the real command line, every option
-    assert rec["command"] == "python -m mmgen.train.train_generator " + " ".join(
+    assert rec["command"] == "python -m mmgen.train.train_generator " + shlex.join(
         common + ["--out", str(tmp_path / "a"), "--work", str(tmp_path / "wa")])
     assert rec["num_scenes"] == 64 and rec["threads"] == 1 and [g["steps"] for g in rec["segments"]] == ["0-3"]
     # the resumed model's record keeps both runs: their step ranges, commands and times
@@ -129,16 +130,14 @@ def test_judge_trainer_records_the_command_it_ran(tmp_path):
     out = tmp_path / "judges"
     train_judges.main(["--out", str(out), "--scene-steps", "2", "--digit-steps", "3", "--batch", "4", "--threads", "1"])
     m = json.loads((out / "metrics.json").read_text())
-    assert m["command"] == (f"python -m mmgen.train.train_judges --out {out} --scene-steps 2 --digit-steps 3 "
-                            "--batch 4 --threads 1")
+    assert m["command"] == (f"python -m mmgen.train.train_judges --out {shlex.quote(str(out))} --scene-steps 2 "
+                            "--digit-steps 3 --batch 4 --threads 1")
     assert (m["scene_steps"], m["digit_steps"], m["batch"], m["threads"]) == (2, 3, 4, 1)
     assert sorted(p.name for p in out.iterdir()) == ["digit_judge", "metrics.json", "scene_judge"]
 
 
 def test_recorded_command_lines_are_shell_quoted():
     """A record's command, pasted into a shell, reruns the same arguments (an argument with a space stays one)."""
-    import shlex
-
     from mmgen.records import command_line
 
     cmd = command_line("python benchmarks/bench_speculative.py", ["--methods", "SJD", "LANTERN self", "--n", 5])
