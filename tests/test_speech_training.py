@@ -30,7 +30,11 @@ def test_speech_trainers_run_resume_and_export(corpus, tmp_path, capsys):
     assert "resuming from step 2" in capsys.readouterr().out  # not a restart from 0 (which also ends at step 3)
     assert json.loads((work / "trainer_state.json").read_text())["step"] == 3
     codec = MelRVQCodec.from_pretrained(tok / "codec")
-    assert json.loads((tok / "training.json").read_text())["codec_bitrate_bps"] == codec.bitrate()
+    rec = json.loads((tok / "training.json").read_text())
+    assert rec["codec_bitrate_bps"] == codec.bitrate()
+    assert [g["steps"] for g in rec["segments"]] == ["0-2", "2-3"]  # both runs recorded, not just the last
+    assert rec["segments"][0]["command"].endswith("--steps 2") and rec["command"] == rec["segments"][1]["command"]
+    assert rec["codec_train_seconds"] == round(sum(g["seconds"] for g in rec["segments"]), 1)
 
     out = tmp_path / "tts"
     train_tts.main(["--corpus", str(corpus), "--tokenizers", str(tok), "--out", str(out), "--work",

@@ -26,8 +26,8 @@ from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
 from ..records import command_line
-from .common import (atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start, save_checkpoint,
-                     set_threads)
+from .common import (SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+                     save_checkpoint, set_threads)
 
 
 def corpus_mels(corpus: str, split: str = "train") -> list[torch.Tensor]:
@@ -36,7 +36,10 @@ def corpus_mels(corpus: str, split: str = "train") -> list[torch.Tensor]:
     return [log_mel(torch.from_numpy(r["audio"])[None], cfg)[0] for r in load_corpus(corpus, split)]
 
 
-def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec:
+def train_codec(mels: list[torch.Tensor], args, acc: Accelerator, command: str,
+                started: float) -> tuple[MelRVQCodec, dict]:
+    """-> (trained codec in eval mode, its SegmentLog record: train_seconds over all resumed runs, command,
+    segments)."""
     work = Path(args.work)
     codec = MelRVQCodec(num_quantizers=args.levels, codebook_size=args.codebook_size)
     frames = torch.cat(mels, 1)  # (n_mels, N)
@@ -44,6 +47,7 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
     codec, opt, step = resume_or_start(work, "codec", codec, lambda m: torch.optim.AdamW(
         m.parameters(), lr=args.lr, betas=(0.9, 0.99)))
     check_resumable(step, args.steps, work)
+    log = SegmentLog(work, step, command, started=started)
     codec, opt = acc.prepare(codec, opt)
     rng, states = data_stream(work, args.seed, step)  # restored on resume
     long_enough = [m for m in mels if m.shape[1] > args.crop]
@@ -65,8 +69,9 @@ def train_codec(mels: list[torch.Tensor], args, acc: Accelerator) -> MelRVQCodec
         opt.zero_grad()
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if (step + 1) % args.save_every == 0 or step + 1 == args.steps:
-            save_checkpoint(work, {"codec": acc.unwrap_model(codec)}, opt, step + 1, rng=states)
-    return acc.unwrap_model(codec).eval()
+            save_checkpoint(work, {"codec": acc.unwrap_model(codec)}, opt, step + 1, extra=log.state(step + 1),
+                            rng=states)
+    return acc.unwrap_model(codec).eval(), log.record(args.steps)
 
 
 def main(argv=None):
@@ -89,9 +94,9 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
     t0 = time.time()
+    cmd = command_line("python -m mmgen.train.train_speech_tokenizers", argv)
     mels = corpus_mels(args.corpus)
-    codec = train_codec(mels, args, acc)
-    t_codec = time.time() - t0
+    codec, record = train_codec(mels, args, acc, cmd, started=t0)
 
     frames = torch.cat(mels, 1).T  # (N, n_mels)
     g = torch.Generator().manual_seed(args.seed)
@@ -103,11 +108,11 @@ def main(argv=None):
         rec_err = float(np.mean([F.l1_loss(codec.decode_mel(codec.encode_mel(m[None])), m[None]).item() for m in test]))
         codes = torch.cat([codec.encode_mel(m[None])[0] for m in mels[:200]], 1)  # (M, N)
     usage = [round(codes[q].unique().numel() / codec.codebook_size, 3) for q in range(codec.num_quantizers)]
-    cmd = command_line("python -m mmgen.train.train_speech_tokenizers", argv)
     metrics = dict(codec_test_logmel_l1=round(rec_err, 4), codec_usage_per_level=usage,
                    codec_bitrate_bps=codec.bitrate(), codec_frame_rate=codec.frame_rate,
-                   semantic_bitrate_bps=semantic.bitrate(), codec_train_seconds=round(t_codec, 1),
-                   total_seconds=round(time.time() - t0, 1), steps=args.steps, command=cmd)
+                   semantic_bitrate_bps=semantic.bitrate(), codec_train_seconds=record["train_seconds"],
+                   total_seconds=round(time.time() - t0, 1), steps=args.steps, command=cmd,
+                   segments=record["segments"])
     if acc.is_main_process:
         with atomic_dir(args.out) as tmp:
             codec.save_pretrained(tmp / "codec")
