@@ -27,7 +27,8 @@ from mmgen.train.common import set_threads  # noqa: E402
 from mmgen.records import command_line  # noqa: E402
 
 # (row name, tokenizer folder, text-to-image pipeline folder or None), relative to assets/
-ROWS = [("VQ (LlamaGen)", "vq", "scenes-t2i"), ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
+ROWS = [("VQ (LlamaGen)", "vq", None), ("VQ, patch-local encoder", "vq-local", "scenes-t2i"),
+        ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
         ("TokenFlow", "scenes-t2i-tokenflow/vq", "scenes-t2i-tokenflow"), ("Hita", "scenes-t2i-hita/vq", "scenes-t2i-hita"),
         ("One-D-Piece", "tok-onedpiece", None)]
 
@@ -60,11 +61,17 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=256)
     ap.add_argument("--out", default="docs/tokenizers.json")
     ap.add_argument("--plot", default="docs/onedpiece_psnr_vs_length.png")
+    ap.add_argument("--rows", nargs="+", default=None, metavar="FOLDER",
+                    help=f"only these tokenizer folders (of {[r[1] for r in ROWS]}); default all")
     args = ap.parse_args(argv)
+    if args.rows is not None and not set(args.rows) <= {r[1] for r in ROWS}:
+        raise ValueError(f"--rows must name folders among {[r[1] for r in ROWS]}, got {args.rows}")
     threads = set_threads(args.threads)
     judge = load_judges()[0]
     rows = []
     for name, tok_dir, pipe_dir in ROWS:
+        if args.rows is not None and tok_dir not in args.rows:
+            continue
         folder = assets_dir() / tok_dir
         if not folder.is_dir():
             print(f"skip {name}: {folder} missing")

@@ -84,3 +84,27 @@ def test_frechet_distance_matches_the_gaussian_formula():
     assert abs(frechet_distance(a, r.normal(size=(4000, 8)) * 2) - 8.0) < 0.5
     with pytest.raises(ValueError, match="feature sets"):
         frechet_distance(a[:1], a)
+
+
+@pytest.mark.parametrize("context", [0, 1])
+def test_local_vq_encoder_sees_only_its_window(context):
+    """With ``local_encoder`` a token's features depend on its (10 + 8 * context)-pixel window alone: pixels
+    outside it change nothing, one pixel inside it changes the token (so equal patches get equal codes)."""
+    torch.manual_seed(0)
+    vq = VQTokenizer(channels=(8, 16), codebook_size=32, local_encoder=True, local_context=context).eval()
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    r, c = 7, 9  # token row / column
+    lo, hi = 4 * r - 3 - 4 * context, 4 * r + 6 + 4 * context  # window rows [lo, hi]: 4 pixels per 3x3 side
+    clo, chi = 4 * c - 3 - 4 * context, 4 * c + 6 + 4 * context
+    assert hi - lo + 1 == 10 + 8 * context
+    outside = torch.ones(64, 64, dtype=torch.bool)
+    outside[lo:hi + 1, clo:chi + 1] = False
+    y = torch.where(outside, torch.rand(1, 3, 64, 64) * 2 - 1, x)
+    with torch.no_grad():
+        fx, fy = vq.encoder(x), vq.encoder(y)  # (1, D, 16, 16)
+        assert torch.allclose(fx[..., r, c], fy[..., r, c], atol=1e-6)
+        assert not torch.allclose(fx, fy, atol=1e-3)  # other tokens did change
+        for py, px in ((lo, clo), (hi, chi)):  # the window's corners are inside it
+            z = x.clone()
+            z[..., py, px] = -z[..., py, px] + 0.5
+            assert not torch.allclose(vq.encoder(z)[..., r, c], fx[..., r, c], atol=1e-7)

@@ -44,13 +44,14 @@ def test_shipped_scenes_generator_follows_prompts(judges):
                                           guidance_scale=rec["guidance_scale"],
                                           temperature=rec.get("temperature", 1.0))
     assert images.shape == (40, 64, 64, 3)
-    # Floors at the shipped model's measured level (background / color / size / all: 0.95 / 0.75 / 0.775 /
-    # 0.125 on this set at the recommended CFG 1.5, T 0.4; 0.95 / 0.85 / 0.73 / 0.18 at T 1; 200-prompt
-    # figures in docs/BENCHMARKS.md). Chance is 1/4 background, ~1/6 color, ~0 for all attributes.
-    # The 80% adherence target is NOT met yet (tokenizer ceiling 62%, see BENCHMARKS.md).
-    assert res["match_background"] >= 0.85, res
-    assert res["match_color"] >= 0.6 and res["match_size"] >= 0.55, res
-    assert res["prompt_adherence"] >= 0.075, res
+    # Floors below the shipped model's measured level on this set at the recommended CFG 1.5, T 0.4 (background /
+    # shape / color / size / all: 1.0 / 0.675 / 0.975 / 0.90 / 0.65; at T 1: 1.0 / 0.70 / 0.925 / 0.925 / 0.625;
+    # 200-prompt figures in docs/BENCHMARKS.md). Chance is 1/4 background, ~1/6 color, ~0 for all attributes; the
+    # previous checkpoint (deep-encoder VQ) scored 0.125 and fails the last floor. The 80% is not met
+    # (held-out 0.70; the patch-local VQ's ceiling is 0.81).
+    assert res["match_background"] >= 0.9, res
+    assert res["match_color"] >= 0.85 and res["match_size"] >= 0.75 and res["match_shape"] >= 0.5, res
+    assert res["prompt_adherence"] >= 0.45, res
 
 
 def test_shipped_digits_generator_is_class_consistent(judges):

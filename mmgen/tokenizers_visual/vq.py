@@ -6,6 +6,10 @@ a low-dimensional (8-d) l2-normalised codebook searched by cosine similarity, co
 32x32 digit becomes 8x8. Deviations, for a CPU-sized model: two downsampling stages with
 few channels and no attention blocks, no LPIPS or PatchGAN loss (L2 + L1 only), and the codebook is updated by EMA
 with dead-code replacement (``vector_quantize_pytorch.VectorQuantize``) instead of by gradient.
+
+``local_encoder=True`` (not in LlamaGen) swaps the deep encoder, whose GroupNorm statistics and 3x3 blocks let a
+token's code depend on the whole image, for a patch-local one: no normalisation, each token sees a window of
+10 + 8 * ``local_context`` pixels, so equal patches get equal codes (a flat background is one code, not dozens).
 """
 
 from __future__ import annotations
@@ -46,15 +50,25 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     @register_to_config
     def __init__(self, channels: tuple = (32, 64), num_res_blocks: int = 2, codebook_size: int = 1024,
                  codebook_dim: int = 8, commitment_weight: float = 0.25, ema_decay: float = 0.9,
-                 dead_code_threshold: float = 2.0):
+                 dead_code_threshold: float = 2.0, local_encoder: bool = False,
+                 local_context: int = 0):
         super().__init__()
         c1, c2 = channels
-        self.encoder = nn.Sequential(
-            nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, H/4, W/4)
-            *[ResBlock(c2, c2) for _ in range(num_res_blocks)],
-            _norm(c2), nn.SiLU(), nn.Conv2d(c2, codebook_dim, 1),  # (B, D, H/4, W/4)
-        )
+        if local_encoder:  # no GroupNorm: a token sees a (10 + 8 * local_context)-pixel window only
+            self.encoder = nn.Sequential(
+                nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
+                *[m for _ in range(local_context) for m in (nn.Conv2d(c2, c2, 3, padding=1), nn.SiLU())],
+                nn.Conv2d(c2, c2, 1), nn.SiLU(), nn.Conv2d(c2, c2, 1), nn.SiLU(),
+                nn.Conv2d(c2, codebook_dim, 1),  # (B, D, H/4, W/4)
+            )
+        else:
+            self.encoder = nn.Sequential(
+                nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, H/4, W/4)
+                *[ResBlock(c2, c2) for _ in range(num_res_blocks)],
+                _norm(c2), nn.SiLU(), nn.Conv2d(c2, codebook_dim, 1),  # (B, D, H/4, W/4)
+            )
         self.quantizer = VectorQuantize(
             dim=codebook_dim, codebook_size=codebook_size, use_cosine_sim=True, kmeans_init=True,
             kmeans_iters=10, decay=ema_decay, commitment_weight=commitment_weight,

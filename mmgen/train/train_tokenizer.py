@@ -67,15 +67,25 @@ def main(argv=None):
     ap.add_argument("--l1", type=float, default=0.5, help="weight of the L1 term (L2 has weight 1)")
     ap.add_argument("--codebook-size", type=int, default=1024)
     ap.add_argument("--codebook-dim", type=int, default=8)
+    ap.add_argument("--dead-code-threshold", type=float, default=2.0,
+                    help="EMA count below which a code is re-seeded from the batch (0 = never re-seed)")
     ap.add_argument("--grad", type=float, default=0.0,
                     help="weight of an L1 loss on horizontal/vertical image differences (sharpens outlines)")
+    ap.add_argument("--local-encoder", action="store_true",
+                    help="patch-local encoder (no GroupNorm, 10x10-pixel receptive field): equal patches, equal codes")
+    ap.add_argument("--local-context", type=int, default=0,
+                    help="with --local-encoder: 3x3 convolutions at token level (each widens the window by 8 pixels)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     n_photo = check_photo_frac(args.photo_frac, args.batch)
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
 
-    vq = VQTokenizer(codebook_size=args.codebook_size, codebook_dim=args.codebook_dim)
+    if args.dead_code_threshold < 0:
+        raise ValueError(f"--dead-code-threshold must be >= 0, got {args.dead_code_threshold}")
+    vq = VQTokenizer(codebook_size=args.codebook_size, codebook_dim=args.codebook_dim,
+                     dead_code_threshold=args.dead_code_threshold, local_encoder=args.local_encoder,
+                     local_context=args.local_context)
     opt = torch.optim.AdamW(vq.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
     step = 0
     state = load_trainer_state(args.work)
