@@ -108,3 +108,9 @@ def test_local_vq_encoder_sees_only_its_window(context):
             z = x.clone()
             z[..., py, px] = -z[..., py, px] + 0.5
             assert not torch.allclose(vq.encoder(z)[..., r, c], fx[..., r, c], atol=1e-7)
+
+
+def test_local_context_needs_the_local_encoder():
+    for kw in (dict(local_encoder=True, local_context=-1), dict(local_encoder=False, local_context=1)):
+        with pytest.raises(ValueError, match="local_context"):
+            VQTokenizer(channels=(8, 16), codebook_size=32, **kw)

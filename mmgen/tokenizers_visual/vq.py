@@ -53,6 +53,9 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  dead_code_threshold: float = 2.0, local_encoder: bool = False,
                  local_context: int = 0):
         super().__init__()
+        if local_context < 0 or (local_context and not local_encoder):
+            raise ValueError(f"local_context must be >= 0 and needs local_encoder=True, got {local_context} "
+                             f"with local_encoder={local_encoder}")
         c1, c2 = channels
         if local_encoder:  # no GroupNorm: a token sees a (10 + 8 * local_context)-pixel window only
             self.encoder = nn.Sequential(
