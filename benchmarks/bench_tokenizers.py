@@ -31,6 +31,7 @@ ROWS = [("VQ (LlamaGen)", "vq", None), ("VQ, patch-local encoder", "vq-local", "
         ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
         ("TokenFlow", "scenes-t2i-tokenflow/vq", "scenes-t2i-tokenflow"), ("Hita", "scenes-t2i-hita/vq", "scenes-t2i-hita"),
         ("One-D-Piece", "tok-onedpiece", None)]
+FOLDERS = [r[1] for r in ROWS]
 
 
 def plot_curve(curve: dict, path: Path) -> None:
@@ -62,10 +63,10 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/tokenizers.json")
     ap.add_argument("--plot", default="docs/onedpiece_psnr_vs_length.png")
     ap.add_argument("--rows", nargs="+", default=None, metavar="FOLDER",
-                    help=f"only these tokenizer folders (of {[r[1] for r in ROWS]}); default all")
+                    help=f"only these tokenizer folders (of {FOLDERS}); default all")
     args = ap.parse_args(argv)
-    if args.rows is not None and not set(args.rows) <= {r[1] for r in ROWS}:
-        raise ValueError(f"--rows must name folders among {[r[1] for r in ROWS]}, got {args.rows}")
+    if args.rows is not None and not set(args.rows) <= set(FOLDERS):
+        raise ValueError(f"--rows must name folders among {FOLDERS}, got {args.rows}")
     threads = set_threads(args.threads)
     judge = load_judges()[0]
     rows = []

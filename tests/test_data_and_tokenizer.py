@@ -114,3 +114,5 @@ def test_local_context_needs_the_local_encoder():
     for kw in (dict(local_encoder=True, local_context=-1), dict(local_encoder=False, local_context=1)):
         with pytest.raises(ValueError, match="local_context"):
             VQTokenizer(channels=(8, 16), codebook_size=32, **kw)
+    with pytest.raises(ValueError, match="dead_code_threshold"):
+        VQTokenizer(channels=(8, 16), codebook_size=32, dead_code_threshold=-1)

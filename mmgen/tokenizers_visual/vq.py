@@ -56,22 +56,17 @@ class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         if local_context < 0 or (local_context and not local_encoder):
             raise ValueError(f"local_context must be >= 0 and needs local_encoder=True, got {local_context} "
                              f"with local_encoder={local_encoder}")
+        if dead_code_threshold < 0:
+            raise ValueError(f"dead_code_threshold must be >= 0 (0 = never re-seed), got {dead_code_threshold}")
         c1, c2 = channels
+        stem = [nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
+                nn.Conv2d(c1, c2, 4, stride=2, padding=1)]  # (B, c2, H/4, W/4)
         if local_encoder:  # no GroupNorm: a token sees a (10 + 8 * local_context)-pixel window only
-            self.encoder = nn.Sequential(
-                nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
-                nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.SiLU(),  # (B, c2, H/4, W/4)
-                *[m for _ in range(local_context) for m in (nn.Conv2d(c2, c2, 3, padding=1), nn.SiLU())],
-                nn.Conv2d(c2, c2, 1), nn.SiLU(), nn.Conv2d(c2, c2, 1), nn.SiLU(),
-                nn.Conv2d(c2, codebook_dim, 1),  # (B, D, H/4, W/4)
-            )
+            context = [m for _ in range(local_context) for m in (nn.Conv2d(c2, c2, 3, padding=1), nn.SiLU())]
+            tail = [nn.SiLU(), *context, nn.Conv2d(c2, c2, 1), nn.SiLU(), nn.Conv2d(c2, c2, 1), nn.SiLU()]
         else:
-            self.encoder = nn.Sequential(
-                nn.Conv2d(3, c1, 4, stride=2, padding=1), nn.SiLU(),  # (B, c1, H/2, W/2)
-                nn.Conv2d(c1, c2, 4, stride=2, padding=1),  # (B, c2, H/4, W/4)
-                *[ResBlock(c2, c2) for _ in range(num_res_blocks)],
-                _norm(c2), nn.SiLU(), nn.Conv2d(c2, codebook_dim, 1),  # (B, D, H/4, W/4)
-            )
+            tail = [*[ResBlock(c2, c2) for _ in range(num_res_blocks)], _norm(c2), nn.SiLU()]
+        self.encoder = nn.Sequential(*stem, *tail, nn.Conv2d(c2, codebook_dim, 1))  # (B, D, H/4, W/4)
         self.quantizer = VectorQuantize(
             dim=codebook_dim, codebook_size=codebook_size, use_cosine_sim=True, kmeans_init=True,
             kmeans_iters=10, decay=ema_decay, commitment_weight=commitment_weight,

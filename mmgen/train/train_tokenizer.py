@@ -81,8 +81,6 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())
 
-    if args.dead_code_threshold < 0:
-        raise ValueError(f"--dead-code-threshold must be >= 0, got {args.dead_code_threshold}")
     vq = VQTokenizer(codebook_size=args.codebook_size, codebook_dim=args.codebook_dim,
                      dead_code_threshold=args.dead_code_threshold, local_encoder=args.local_encoder,
                      local_context=args.local_context)
