@@ -384,7 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     tk = sub.add_parser("tokenize", help="encode an image with a visual tokenizer (ids + layout as JSON) and "
                         "optionally write the image decoded back from the ids")
     tk.add_argument("image", help="input image (resized to the tokenizer's size, 64x64)")
-    tk.add_argument("--tokenizer", default="vq", help="shipped tokenizer or pipeline name, or a local folder")
+    tk.add_argument("--tokenizer", default="vq-local",
+                    help="shipped tokenizer or pipeline name, or a local folder (default: the patch-local VQ, the "
+                         "sharpest shipped 16x16 tokenizer on scenes, photos and digits)")
     tk.add_argument("--out", default=None, help="write the reconstruction here (PNG, atomic)")
     tk.add_argument("--length", type=int, default=None, help="decode only the first LENGTH tokens (One-D-Piece)")
     tk.set_defaults(fn=cmd_tokenize)

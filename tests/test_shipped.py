@@ -32,6 +32,17 @@ def test_digit_judge_accuracy_on_held_out_real_digits(judges):
     assert (judges[1].predict(to_tensor(x)) == y).mean() >= 0.97
 
 
+def test_shipped_patch_local_vq_keeps_scenes_judgeable(judges):
+    """The tokenizer's ceiling: held-out real scenes judged after an encode/decode round trip with the shipped
+    patch-local VQ (measured 0.933 on these 300 scenes; the 1500-step predecessor scored 0.807, the deep-encoder
+    `vq` 0.617: both fail this floor)."""
+    from mmgen.eval.evaluate import tokenizer_ceiling
+    from mmgen.tokenizers_visual import load_tokenizer
+
+    out = tokenizer_ceiling(load_tokenizer(assets_dir() / "vq-local").eval(), judges[0])
+    assert out["scenes_adherence_after_vq"] >= 0.88, out
+
+
 def _pipe(name):
     pipe = ARImagePipeline.from_pretrained(assets_dir() / name)
     pipe.set_progress_bar_config(disable=True)
@@ -45,13 +56,13 @@ def test_shipped_scenes_generator_follows_prompts(judges):
                                           temperature=rec.get("temperature", 1.0))
     assert images.shape == (40, 64, 64, 3)
     # Floors below the shipped model's measured level on this set at the recommended CFG 1.5, T 0.4 (background /
-    # shape / color / size / all: 1.0 / 0.675 / 0.975 / 0.90 / 0.65; at T 1: 1.0 / 0.70 / 0.925 / 0.925 / 0.625;
-    # 200-prompt figures in docs/BENCHMARKS.md). Chance is 1/4 background, ~1/6 color, ~0 for all attributes; the
-    # previous checkpoint (deep-encoder VQ) scored 0.125 and fails the last floor. The issue's 80% is not met
-    # (held-out 0.70; the patch-local VQ's ceiling is 0.81).
+    # shape / color / size / all: 1.0 / 0.90 / 1.0 / 0.95 / 0.85; at T 1: 1.0 / 0.75 / 0.95 / 0.975 / 0.675;
+    # 200-prompt figures in docs/BENCHMARKS.md). Chance is 1/4 background, ~1/6 color, ~0 for all attributes. The
+    # two previous checkpoints fail the last floor: 0.65 (1500-step patch-local VQ, 2600 steps) and 0.125
+    # (deep-encoder VQ).
     assert res["match_background"] >= 0.9, res
-    assert res["match_color"] >= 0.85 and res["match_size"] >= 0.75 and res["match_shape"] >= 0.5, res
-    assert res["prompt_adherence"] >= 0.45, res
+    assert res["match_color"] >= 0.9 and res["match_size"] >= 0.8 and res["match_shape"] >= 0.75, res
+    assert res["prompt_adherence"] >= 0.7, res
 
 
 def test_shipped_digits_generator_is_class_consistent(judges):

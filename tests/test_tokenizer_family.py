@@ -370,6 +370,8 @@ def test_cli_tokenize_uses_the_pipeline_generators_image_size(tmp_path, capsys):
     capsys.readouterr()
     assert main(["tokenize", str(tmp_path / "d.png"), "--tokenizer", "digits-c2i"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_tokens"] == 64
+    assert main(["tokenize", str(tmp_path / "d.png")]) == 0  # default: the shipped patch-local VQ, 64 px
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["num_tokens"] == 256
 
 
 def test_visual_tokenizer_trainer_resumes_exports_and_records_every_run(tmp_path):
