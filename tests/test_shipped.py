@@ -65,6 +65,19 @@ def test_shipped_scenes_generator_follows_prompts(judges):
     assert res["prompt_adherence"] >= 0.7, res
 
 
+@pytest.mark.parametrize("order,passes,floor", [("nar", 31, 0.3), ("nbp", 16, 0.25)])
+def test_shipped_parallel_scenes_generators_follow_prompts(judges, order, passes, floor):
+    """The shipped NAR / NBP scenes generators at their recommended settings on the same 40 prompts: 2G - 1 and G
+    forward passes, and judged adherence well above chance (~0); measured NAR 0.425, NBP 0.35 (AR 0.85: the
+    quality gap of issue 6 is recorded in docs/BENCHMARKS.md, not hidden by these floors)."""
+    name = f"scenes-t2i-{order}"
+    rec = json.loads((assets_dir() / name / "recommended.json").read_text())
+    res, _ = evaluate_scene_pipeline(_pipe(name), judges[0], n=40, batch=40, seed=123, decoding=order,
+                                     guidance_scale=rec["guidance_scale"], temperature=rec["temperature"])
+    assert res["forward_passes_per_batch"] == passes, res
+    assert res["match_background"] >= 0.9 and res["prompt_adherence"] >= floor, res
+
+
 def test_shipped_digits_generator_is_class_consistent(judges):
     cfg = json.loads((assets_dir() / "digits-c2i" / "recommended.json").read_text())["guidance_scale"]
     res, images = evaluate_digit_pipeline(_pipe("digits-c2i"), judges[1], n_per_class=4, batch=40, seed=7,
