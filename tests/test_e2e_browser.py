@@ -154,11 +154,20 @@ def test_browser_submits_prompt_and_sees_images(app_url, tmp_path):
             page.js("(() => { const t = document.querySelector('#prompt textarea'); t.focus(); t.select(); })()")
             page.send("Input.insertText", {"text": PROMPT})  # typed like a user: fires input events
             assert page.js("document.querySelector('#prompt textarea').value") == PROMPT
-            page.click("#generate-image")
-            n = page.wait_for(
-                "(() => { const imgs = [...document.querySelectorAll('#scenes-gallery img')];"
-                " return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0; })()",
-                480, "generated images in the gallery")
+            images_shown = ("(() => { const imgs = [...document.querySelectorAll('#scenes-gallery img')]; return"
+                            " imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0) ? imgs.length : 0; })()")
+            # A click that lands while the freshly rendered page is still attaching its event handlers can be lost
+            # (seen once in a fresh-clone CI run: page rendered, prompt typed, then 480 s with neither images nor an
+            # error; the same code passed the runs before and after). Click again if nothing shows within a minute;
+            # a real failure still fails after the last, long wait.
+            for attempt, wait in enumerate((60, 60, 360)):
+                page.click("#generate-image")
+                try:
+                    n = page.wait_for(images_shown, wait, "generated images in the gallery")
+                    break
+                except AssertionError:
+                    if attempt == 2:
+                        raise
             assert n >= 1
             sizes = page.js("[...document.querySelectorAll('#scenes-gallery img')].map(i => [i.naturalWidth, i.src])")
             assert all(w >= 16 for w, _ in sizes) and all(src.split("?")[0].endswith(".png") for _, src in sizes)
