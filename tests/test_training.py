@@ -144,3 +144,36 @@ def test_recorded_command_lines_are_shell_quoted():
     assert cmd == "python benchmarks/bench_speculative.py --methods SJD 'LANTERN self' --n 5"
     assert shlex.split(cmd)[2:] == ["--methods", "SJD", "LANTERN self", "--n", "5"]
     assert command_line("python x.py", []) == "python x.py"
+
+
+@pytest.mark.parametrize("order", ["nar", "nbp"])
+def test_warm_start_loads_the_raster_generator_into_a_parallel_order(tmp_path, order):
+    """--init-from: every weight the raster source has is copied exactly; only the new order's own parameters
+    (NAR down block / norm / head, NBP begin-of-image queries) keep their fresh init; a different tokenizer or
+    a different transformer shape is refused before training starts."""
+    from mmgen.tokenizers_visual import VQTokenizer
+    from mmgen.train.train_generator import warm_start
+
+    from conftest import randomize
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=24, grid_size=4, dim=32, n_layers=2, n_heads=2, num_classes=10)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    src = randomize(ARTransformer(**kw))
+    src.save_pretrained(tmp_path / "src" / "transformer")
+    vq.save_pretrained(tmp_path / "src" / "vq")
+    model = ARTransformer(order=order, **kw)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    assert warm_start(model, None, tmp_path / "src", vq) is None
+    new, s = model.state_dict(), src.state_dict()
+    own = {k for k in new if k not in s}
+    assert own and all(k.startswith(("down_", "bov_")) for k in own)
+    assert all(torch.equal(new[k], s[k]) for k in s)
+    assert all(torch.equal(new[k], fresh[k]) for k in own)
+    other = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    with torch.no_grad():
+        next(other.parameters()).add_(1.0)
+    with pytest.raises(ValueError, match="tokenizer differs"):
+        warm_start(ARTransformer(order=order, **kw), None, tmp_path / "src", other)
+    with pytest.raises(ValueError, match="config differs.*dim"):
+        warm_start(ARTransformer(order=order, **dict(kw, dim=64)), None, tmp_path / "src", vq)

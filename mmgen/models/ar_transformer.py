@@ -146,10 +146,12 @@ class ARTransformer(ModelMixin, ConfigMixin):
       block + its own norm and output) predicts (h + 1, w); overlapping predictions are averaged as
       logits. A G x G grid takes 2G - 1 forward passes.
     * ``"nbp"``: next-block prediction (Ren et al. 2025, NBP); a block is ``block_rows`` rows (default
-      1): block-causal mask (bidirectional inside a block), token l of block b predicts token l of
-      block b + 1. Deviation: the first block is predicted from one learned begin-of-image query per
-      block token after the condition (NBP's image setting has no given first block), so a G x G grid
-      takes G / block_rows forward passes.
+      1), or ``block_size`` consecutive raster tokens when set (a divisor of the grid's token count, e.g.
+      half a row; NBP ablates block sizes below and above one row): block-causal mask (bidirectional
+      inside a block), token l of block b predicts token l of block b + 1. Deviation: the first block
+      is predicted from one learned begin-of-image query per block token after the condition (NBP's
+      image setting has no given first block), so a G x G grid takes G^2 / (tokens per block) forward
+      passes (G for rows).
     """
 
     @register_to_config
@@ -157,7 +159,8 @@ class ARTransformer(ModelMixin, ConfigMixin):
                  n_heads: int = 8, num_classes: int = 0, caption_dim: int = 0, prefix_len: int = 1,
                  class_dropout_prob: float = 0.1, token_dropout: float = 0.0, dropout: float = 0.0,
                  rope_base: float = 10000.0, norm_eps: float = 1e-5, order: str = "raster",
-                 grid_width: int = 0, holistic_tokens: int = 0, holistic_vocab: int = 0, block_rows: int = 1):
+                 grid_width: int = 0, holistic_tokens: int = 0, holistic_vocab: int = 0, block_rows: int = 1,
+                 block_size: int = 0):
         super().__init__()
         if (num_classes > 0) == (caption_dim > 0):
             raise ValueError("exactly one of num_classes and caption_dim must be > 0")
@@ -172,6 +175,14 @@ class ARTransformer(ModelMixin, ConfigMixin):
             raise ValueError(f"block_rows is an NBP setting (order='nbp'), got order {order!r}")
         if not (isinstance(block_rows, int) and 1 <= block_rows <= grid_size and grid_size % block_rows == 0):
             raise ValueError(f"block_rows must be a divisor of grid_size ({grid_size}), got {block_rows!r}")
+        if block_size and order != "nbp":
+            raise ValueError(f"block_size is an NBP setting (order='nbp'), got order {order!r}")
+        if block_size and block_rows != 1:
+            raise ValueError(f"set block_rows or block_size, not both (got {block_rows} and {block_size})")
+        if not (isinstance(block_size, int) and block_size >= 0
+                and (block_size == 0 or (grid_size * width) % block_size == 0)):
+            raise ValueError(f"block_size must be 0 (use block_rows) or a divisor of the {grid_size * width} grid "
+                             f"tokens, got {block_size!r}")
         if holistic_tokens and not (0 < holistic_vocab < vocab_size and order == "raster"):
             raise ValueError("holistic_tokens needs raster order and 0 < holistic_vocab < vocab_size")
         self.num_tokens = grid_size * width
@@ -197,7 +208,7 @@ class ARTransformer(ModelMixin, ConfigMixin):
             self.down_block = Block(dim, n_heads, norm_eps, dropout)
             self.down_norm = RMSNorm(dim, norm_eps)
             self.down_output = nn.Linear(dim, vocab_size, bias=False)
-        self.block_size = block_rows * width if order == "nbp" else 1  # tokens committed per NBP step
+        self.block_size = (block_size or block_rows * width) if order == "nbp" else 1  # tokens per NBP step
         self.bov = self.block_size if order == "nbp" else 0  # begin-of-image query slots (NBP): one block
         if self.bov:
             self.bov_embeddings = nn.Parameter(torch.zeros(self.bov, dim))
@@ -207,15 +218,15 @@ class ARTransformer(ModelMixin, ConfigMixin):
         n = torch.arange(self.num_tokens + (MAX_EXTRA_SLOTS if order == "raster" else 0))
         rows, cols = n // width, n % width
         coords = torch.cat([torch.zeros(prefix_len, 2, dtype=torch.long),
-                            torch.stack([torch.arange(self.bov) // width - block_rows,
-                                         torch.arange(self.bov) % width], 1),  # virtual rows above row 0
+                            torch.stack([torch.div(torch.arange(self.bov) - self.bov, width, rounding_mode="floor"),
+                                         (torch.arange(self.bov) - self.bov) % width], 1),  # the block before 0
                             torch.stack([rows, cols], 1)])
         if order == "raster":
             image_rank = prefix_len + n
         elif order == "nar":
             image_rank = prefix_len + rows + cols
         else:
-            image_rank = prefix_len + 1 + rows // block_rows
+            image_rank = prefix_len + 1 + n // self.block_size
         rank = torch.cat([torch.arange(prefix_len), torch.full((self.bov,), prefix_len), image_rank])
         self.register_buffer("slot_rank", rank, persistent=False)  # (S,)
         # KV-cache layout: image position -> offset after the prefix. Raster / NBP store in raster order; NAR

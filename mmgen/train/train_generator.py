@@ -100,6 +100,31 @@ def generator_config(tok, task: str) -> dict:
     return cfg
 
 
+def warm_start(model: ARTransformer, text_encoder, folder: Path, vq):
+    """Load a trained generator's weights (pipeline ``folder``) into a fresh ``model`` of any order -> the text
+    encoder to train (the folder's, for text-to-image). The backbone, embeddings, condition projection and base
+    head must match exactly; parameters only the new order has (the NAR down block / norm / head, NBP's
+    begin-of-image queries) keep their fresh init. The folder's tokenizer must equal ``vq`` weight for weight."""
+    src_tok = load_tokenizer(folder / "vq")
+    a, b = src_tok.state_dict(), vq.state_dict()
+    if a.keys() != b.keys() or any(not torch.equal(a[k], b[k]) for k in a):
+        raise ValueError(f"--init-from {folder}: its tokenizer differs from --tokenizer; the codes would not match")
+    src = ARTransformer.from_pretrained(folder / "transformer")
+    keep = ("grid_size", "grid_width", "vocab_size", "dim", "n_layers", "n_heads", "num_classes", "caption_dim",
+            "prefix_len")
+    diff = {k: (src.config[k], model.config[k]) for k in keep if src.config[k] != model.config[k]}
+    if diff:
+        raise ValueError(f"--init-from {folder}: transformer config differs (source, new): {diff}")
+    missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    new_only = ("down_block.", "down_norm.", "down_output.", "bov_embeddings")
+    if unexpected or any(not k.startswith(new_only) for k in missing):
+        raise ValueError(f"--init-from {folder}: weights do not fit (missing {missing}, unexpected {unexpected})")
+    if text_encoder is None:
+        return None
+    from transformers import BertModel
+    return BertModel.from_pretrained(folder / "text_encoder")
+
+
 def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
     if step < warmup:
         return base * (step + 1) / warmup
@@ -112,6 +137,9 @@ def main(argv=None):
     ap.add_argument("--order", choices=["raster", "nar", "nbp"], default="raster",
                     help="generation order: raster (AR), nar (next-neighbour), nbp (next-block)")
     ap.add_argument("--block-rows", type=int, default=1, help="nbp: rows per block (a divisor of the grid height)")
+    ap.add_argument("--block-size", type=int, default=0,
+                    help="nbp: tokens per block instead of whole rows (a divisor of the grid's token count, e.g. 8 "
+                         "= half a 16-wide row); 0 = --block-rows")
     ap.add_argument("--out", required=True)
     ap.add_argument("--tokenizer", "--vq", dest="vq", default="assets/vq",
                     help="folder of any mmgen visual tokenizer (VQ, SEED, TokenFlow, Hita, One-D-Piece)")
@@ -125,6 +153,10 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
     ap.add_argument("--cache-dir", default="runs/cache", help="where the scenes' token codes are cached")
+    ap.add_argument("--init-from", default=None,
+                    help="warm start: pipeline folder of a trained generator for the same task and tokenizer (e.g. "
+                         "the raster assets/scenes-t2i for a NAR / NBP run); its transformer and text encoder "
+                         "weights are loaded before step 0, the new order's extra parameters keep their init")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -142,6 +174,7 @@ def main(argv=None):
     else:
         codes, labels = digit_data(vq)
     model = ARTransformer(vocab_size=vq.vocab_size, order=args.order, block_rows=args.block_rows,
+                          block_size=args.block_size,
                           **generator_config(vq, args.task))
     step = 0
     if load_trainer_state(work) is not None:
@@ -152,6 +185,9 @@ def main(argv=None):
             from transformers import BertModel
             text_encoder = BertModel.from_pretrained(work / "text_encoder")
         acc.print(f"resuming from step {step}")
+    elif args.init_from:
+        text_encoder = warm_start(model, text_encoder, Path(args.init_from), vq)
+        acc.print(f"warm start from {args.init_from}")
     log = SegmentLog(work, step, command_line("python -m mmgen.train.train_generator", argv), started=t_start)
     params = list(model.parameters()) + (list(text_encoder.parameters()) if text_encoder is not None else [])
     decay = [p for p in params if p.ndim >= 2]
@@ -211,6 +247,7 @@ def main(argv=None):
     info = {"task": args.task, "steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4),
             "threads": torch.get_num_threads(), "tokenizer": args.vq,
             "num_scenes": args.num_scenes if args.task == "scenes" else None, "lr": args.lr, "seed": args.seed,
+            "init_from": args.init_from,
             **log.record(step + 1)}
     with atomic_dir(args.out) as tmp:  # the pipeline and its record, or nothing
         pipe.save_pretrained(tmp)
