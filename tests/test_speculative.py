@@ -401,3 +401,27 @@ def test_drafter_follows_the_generator_device_and_dtype(c2i):
     dr = tiny_drafter(c2i)
     res, _ = run(gen, cond, "lantern", GREEDY, delta=0.0, drafter=dr, depth=3)
     assert torch.equal(res.tokens, ar.tokens) and dr.fc.weight.dtype == torch.float64
+
+
+def test_speculative_benchmark_times_every_prompt_group(c2i, monkeypatch):
+    """bench_speculative's timing averages over several prompt groups: with prompts=3 each method decodes
+    3 conditions x repeats at every batch size (it used to time the first prompt only)."""
+    import importlib.util
+
+    from mmgen.pipelines import ARImagePipeline
+    from mmgen.tokenizers_visual import VQTokenizer
+
+    spec = importlib.util.spec_from_file_location("bench_speculative",
+                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=c2i.config.vocab_size).eval()
+    pipe = ARImagePipeline(transformer=c2i, vq=vq)
+    seen = []
+    ar = get_decoder("ar")
+    real = ar.decode
+    monkeypatch.setattr(ar, "decode", lambda gen, state, *a: seen.append(state.batch_size) or real(gen, state, *a))
+    res = bench.timing(pipe, [], [("AR", ar), ("SJD", get_decoder("sjd"))], [1, 2], repeats=2, guidance=1.0,
+                       sampling=SamplingConfig(), prompts=3)
+    assert seen == [1] * 6 + [2] * 6  # 3 groups x 2 repeats per batch size
+    assert set(res) == {1, 2} and all(set(r) == {"AR", "SJD"} and min(r.values()) > 0 for r in res.values())
