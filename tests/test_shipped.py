@@ -69,14 +69,16 @@ def test_shipped_scenes_generator_follows_prompts(judges):
     assert res["prompt_adherence"] >= 0.7, res
 
 
-@pytest.mark.parametrize("order,passes,floor", [("nar", 31, 0.3), ("nbp", 16, 0.25)])
-def test_shipped_parallel_scenes_generators_follow_prompts(judges, order, passes, floor):
-    """The shipped NAR / NBP scenes generators at their recommended settings on the same 40 prompts: 2G - 1 and G
-    forward passes, and judged adherence well above chance (~0); measured NAR 0.425, NBP 0.35 (AR 0.85: the
-    quality gap of issue 6 is recorded in docs/BENCHMARKS.md, not hidden by these floors)."""
+@pytest.mark.parametrize("order,passes", [("nar", 31), ("nbp", 16)])
+def test_shipped_parallel_scenes_generators_follow_prompts(judges, order, passes):
+    """The shipped NAR / NBP scenes generators (warm-started from scenes-t2i) at their recommended settings on the
+    same 40 prompts: 2G - 1 and G forward passes, and the judged attributes close to the AR model's. Measured NAR /
+    NBP: all 0.725 / 0.725, shape 0.825 / 0.725 (AR 0.85 / 0.90; 200-prompt figures in docs/BENCHMARKS.md). The
+    checkpoints trained from scratch fail the floor (all 0.425 / 0.35)."""
     res, _ = _judged_at_recommended(f"scenes-t2i-{order}", judges[0], decoding=order)
     assert res["forward_passes_per_batch"] == passes, res
-    assert res["match_background"] >= 0.9 and res["prompt_adherence"] >= floor, res
+    assert res["match_background"] >= 0.9 and res["match_color"] >= 0.9 and res["match_size"] >= 0.85, res
+    assert res["match_shape"] >= 0.6 and res["prompt_adherence"] >= 0.6, res
 
 
 def test_shipped_digits_generator_is_class_consistent(judges):

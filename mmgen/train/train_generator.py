@@ -9,6 +9,10 @@ jointly with the generator and saved beside it. ``digits``: class-to-image on re
 (train split, with +-2 px shifts). Codes are extracted once with the shipped VQ tokenizer
 (LlamaGen pre-extracts codes too). Condition dropout 0.1 trains the null condition for CFG.
 One CPU process here; unchanged under ``accelerate launch``. Resumable from ``--work``.
+
+``--init-from`` warm-starts a NAR / NBP generator from a trained raster one (the shipped scenes NAR / NBP
+models are made this way). Deviation from both papers, which train their parallel generators from scratch:
+on 2 CPU cores it is what brings them within a few points of the raster model (docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations
