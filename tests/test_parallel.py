@@ -217,66 +217,54 @@ def test_model_for_decoding_picks_the_trained_sibling(tmp_path, monkeypatch):
     assert model_for_decoding("missing", "nar", "x") == "missing"
 
 
-def test_nbp_blocks_of_several_rows():
-    """block_rows = 2 on a 4 x 4 grid: the mask is block-causal over pairs of rows, cached decoding
-    takes 2 passes and its step logits equal the teacher-forced full masked forward."""
+@pytest.mark.parametrize("kw,blk", [(dict(block_rows=2), 8), (dict(block_size=2), 2)])
+def test_nbp_blocks_other_than_one_row(kw, blk):
+    """Blocks of two rows (block_rows=2) and of half a row (block_size=2, as in NBP's block-size ablation) on a
+    4 x 4 grid: the mask is block-causal over blocks of ``blk`` raster tokens, the begin-of-image queries sit (for
+    RoPE) on the ``blk`` raster positions before token 0, decoding takes N / blk passes and every step's logits
+    equal the teacher-forced full masked forward."""
+    from mmgen.models.rope import rope_2d_table
+
     g, p = 4, 1
-    m = _model("nbp", g=g, num_classes=10, block_rows=2)
-    assert m.block_size == 8 and m.bov == 8
+    m = _model("nbp", g=g, num_classes=10, **kw)
+    assert m.block_size == blk and m.bov == blk
     slots = torch.arange(p + m.bov + g * g)[None]
     mask = m.attention_mask(slots, torch.ones(1, slots.shape[1], dtype=torch.bool))[0, p + m.bov:, p + m.bov:]
     for i in range(g * g):
         for j in range(g * g):
-            assert bool(mask[i, j]) == ((j // g) // 2 <= (i // g) // 2), (i, j)
+            assert bool(mask[i, j]) == (j // blk <= i // blk), (i, j)
+    before = torch.arange(-blk, 0)
+    cos, _ = rope_2d_table(torch.stack([torch.div(before, g, rounding_mode="floor"), before % g], 1),
+                           m.config.dim // m.config.n_heads, m.config.rope_base)
+    assert torch.equal(m.rope_cos[p:p + blk], cos)
     cond = Condition(class_labels=torch.tensor([2, 7]))
     res = get_decoder("nbp").decode(m, m.prefill(cond, guidance_scale=2.0), SamplingConfig(do_sample=False))
-    assert res.stats.forward_passes == 2 and res.stats.histogram() == {8: 4}
+    n_blocks = g * g // blk
+    assert res.stats.forward_passes == n_blocks and res.stats.histogram() == {blk: 2 * n_blocks}
     full = m(res.tokens, m.null_condition(cond))
     full = full + 2.0 * (m(res.tokens, cond) - full)
     assert torch.equal(full.argmax(-1), res.tokens)
     state = m.prefill(cond, guidance_scale=2.0)
-    assert torch.allclose(state.first_logits, full[:, :8], atol=1e-5)
-    out = m.forward_step(state, res.tokens[:, :8], torch.arange(8).expand(2, -1))
-    assert torch.allclose(out.logits, full[:, 8:], atol=1e-5)
+    assert torch.allclose(state.first_logits, full[:, :blk], atol=1e-5)
+    for b in range(1, n_blocks):
+        fed = torch.arange((b - 1) * blk, b * blk)
+        out = m.forward_step(state, res.tokens[:, fed], fed.expand(2, -1))
+        assert torch.allclose(out.logits, full[:, b * blk:(b + 1) * blk], atol=1e-5)
+
+
+def test_nbp_block_settings_are_checked():
     for bad in (3, 0, 5):
         with pytest.raises(ValueError, match="block_rows"):
-            _model("nbp", g=g, num_classes=10, block_rows=bad)
+            _model("nbp", num_classes=10, block_rows=bad)
     with pytest.raises(ValueError, match="block_rows"):
-        _model("nar", g=g, num_classes=10, block_rows=2)
-
-
-def test_nbp_blocks_of_half_a_row():
-    """block_size = 2 on a 4 x 4 grid (half rows, as in NBP's block-size ablation): the mask is block-causal
-    over raster pairs, RoPE puts the begin-of-image queries on the half row before token 0, decoding takes
-    N / 2 passes and every step's logits equal the teacher-forced full masked forward."""
-    g, p = 4, 1
-    m = _model("nbp", g=g, num_classes=10, block_size=2)
-    assert m.block_size == 2 and m.bov == 2
-    slots = torch.arange(p + m.bov + g * g)[None]
-    mask = m.attention_mask(slots, torch.ones(1, slots.shape[1], dtype=torch.bool))[0, p + m.bov:, p + m.bov:]
-    for i in range(g * g):
-        for j in range(g * g):
-            assert bool(mask[i, j]) == (j // 2 <= i // 2), (i, j)
-    ref = _model("nbp", g=g, num_classes=10)  # one-row blocks: queries on the virtual row -1, columns 0..3
-    assert torch.equal(m.rope_cos[p:p + 2], ref.rope_cos[p + 2:p + 4])  # half row: (-1, 2), (-1, 3)
-    cond = Condition(class_labels=torch.tensor([2, 7]))
-    res = get_decoder("nbp").decode(m, m.prefill(cond, guidance_scale=2.0), SamplingConfig(do_sample=False))
-    assert res.stats.forward_passes == 8 and res.stats.histogram() == {2: 16}
-    full = m(res.tokens, m.null_condition(cond))
-    full = full + 2.0 * (m(res.tokens, cond) - full)
-    assert torch.equal(full.argmax(-1), res.tokens)
-    state = m.prefill(cond, guidance_scale=2.0)
-    assert torch.allclose(state.first_logits, full[:, :2], atol=1e-5)
-    for b in range(1, 8):
-        out = m.forward_step(state, res.tokens[:, 2 * b - 2:2 * b], torch.arange(2 * b - 2, 2 * b).expand(2, -1))
-        assert torch.allclose(out.logits, full[:, 2 * b:2 * b + 2], atol=1e-5)
+        _model("nar", num_classes=10, block_rows=2)
     for bad in (3, 32, -2):
         with pytest.raises(ValueError, match="block_size"):
-            _model("nbp", g=g, num_classes=10, block_size=bad)
+            _model("nbp", num_classes=10, block_size=bad)
     with pytest.raises(ValueError, match="not both"):
-        _model("nbp", g=g, num_classes=10, block_size=2, block_rows=2)
+        _model("nbp", num_classes=10, block_size=2, block_rows=2)
     with pytest.raises(ValueError, match="block_size is an NBP setting"):
-        _model("nar", g=g, num_classes=10, block_size=2)
+        _model("nar", num_classes=10, block_size=2)
 
 
 @pytest.mark.parametrize("order", ["nar", "nbp"])

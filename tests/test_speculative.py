@@ -411,8 +411,8 @@ def test_speculative_benchmark_times_every_prompt_group(c2i, monkeypatch):
     from mmgen.pipelines import ARImagePipeline
     from mmgen.tokenizers_visual import VQTokenizer
 
-    spec = importlib.util.spec_from_file_location("bench_speculative",
-                                                  Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py"
+    spec = importlib.util.spec_from_file_location("bench_speculative", script)
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=c2i.config.vocab_size).eval()
