@@ -71,21 +71,3 @@ def test_generators_on_family_tokens_generate(name):
     assert out.images.shape == (2, 64, 64, 3) and out.tokens.shape[1] == pipe.vq.layout_for(64).num_tokens
     assert out.stats.forward_passes == out.tokens.shape[1]
 
-
-def test_tokenflow_generator_follows_prompts():
-    """The TokenFlow text-to-image generator (64 tokens, 64 forward passes) at its recommended settings on the
-    40 test prompts of tests/test_shipped.py: measured all 0.40 (background / shape / colour / size 1.0 / 0.40 /
-    0.975 / 0.95); held-out 0.400 on 200 (docs/BENCHMARKS.md). The previous checkpoint (1200 tokenizer steps)
-    scored 0.110 held-out."""
-    from mmgen.eval.evaluate import evaluate_scene_pipeline, load_judges
-    from mmgen.pipelines import ARImagePipeline
-
-    folder = assets_dir() / "scenes-t2i-tokenflow"
-    rec = json.loads((folder / "recommended.json").read_text())
-    pipe = ARImagePipeline.from_pretrained(folder)
-    pipe.set_progress_bar_config(disable=True)
-    res, _ = evaluate_scene_pipeline(pipe, load_judges()[0], n=40, batch=40, seed=123,
-                                     guidance_scale=rec["guidance_scale"], temperature=rec.get("temperature", 1.0))
-    assert res["forward_passes_per_batch"] == 64, res
-    assert res["match_background"] >= 0.9 and res["match_color"] >= 0.9 and res["match_size"] >= 0.85, res
-    assert res["prompt_adherence"] >= 0.25, res
