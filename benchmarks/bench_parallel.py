@@ -42,6 +42,9 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads for the quality runs and the main timing")
     ap.add_argument("--time-threads", type=int, nargs="+", default=None,
                     help="also time at these thread counts (keys speedup_b{b}_t{n}); the box must be idle")
+    ap.add_argument("--extra-models", nargs="+", default=[], metavar="FOLDER",
+                    help="more generators (shipped names or folders, e.g. an NBP with half-row blocks) judged and timed "
+                         "in the same interleaved run, each with its own decoding; keyed by folder name")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     if any(t < 1 for t in args.time_threads or []):
@@ -51,20 +54,27 @@ def main(argv=None):
     threads = set_threads(args.threads)
     base = "digits-c2i" if args.task == "digits" else "scenes-t2i"
     methods = {"ar": _load(base), "nar": _load(f"{base}-nar"), "nbp": _load(f"{base}-nbp")}
+    for folder in args.extra_models:
+        key = model_path(folder).name
+        if key in methods:
+            raise ValueError(f"--extra-models: {folder!r} is named like a model already in the run ({sorted(methods)})")
+        methods[key] = _load(folder)
+    decoding = {name: pipe.transformer.native_decoding for name, pipe in methods.items()}
     scene_judge, digit_judge = load_judges()
     rows = {}
     for name, pipe in methods.items():
         if args.task == "digits":
-            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=args.n_per_class, decoding=name,
+            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=args.n_per_class, decoding=decoding[name],
                                              guidance_scale=args.cfg, temperature=args.temperature)
         else:
-            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n_prompts, decoding=name,
+            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n_prompts, decoding=decoding[name],
                                              guidance_scale=args.cfg, temperature=args.temperature)
         rows[name] = {k: res[k] for k in res if k in ("class_consistency", "prompt_adherence", "judge_fd",
                                                        "judge_fd_real_vs_real", "n")}
+        rows[name]["decoding"] = decoding[name]
     extra = list(dict.fromkeys(t for t in (args.time_threads or []) if t != threads))
     try:
-        _time_methods(methods, rows, args, threads, extra)
+        _time_methods(methods, decoding, rows, args, threads, extra)
     finally:
         set_threads(threads)
     meta = {"task": args.task, "cfg": args.cfg, "temperature": args.temperature, "threads": threads,
@@ -76,7 +86,7 @@ def main(argv=None):
         atomic_write_json(args.json, {"meta": meta, "rows": rows})
 
 
-def _time_methods(methods: dict, rows: dict, args, threads: int, extra: list) -> None:
+def _time_methods(methods: dict, decoding: dict, rows: dict, args, threads: int, extra: list) -> None:
     """Interleaved timing of every method at batch 1 and 8, at ``threads`` and then each of ``extra``."""
     for n_threads in [threads] + extra:
         set_threads(n_threads)
@@ -85,14 +95,14 @@ def _time_methods(methods: dict, rows: dict, args, threads: int, extra: list) ->
             kw = (dict(class_labels=[i % 10 for i in range(b)]) if args.task == "digits"
                   else dict(prompt=["a large green square in the center, white background"] * b))
             for name, pipe in methods.items():  # untimed warm-up at this thread count and batch
-                pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name, guidance_scale=args.cfg,
+                pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=decoding[name], guidance_scale=args.cfg,
                      temperature=args.temperature, output_type="latent")
             times = {k: [] for k in methods}
             fwd = {}
             for _ in range(args.repeats):  # interleaved: the same noise hits every method
                 for name, pipe in methods.items():
                     t = time.perf_counter()
-                    out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=name,
+                    out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=decoding[name],
                                guidance_scale=args.cfg, temperature=args.temperature, output_type="latent")
                     times[name].append(time.perf_counter() - t)
                     fwd[name] = out.stats.forward_passes

@@ -315,3 +315,31 @@ def test_speculative_decoding_on_a_parallel_generator_is_a_clear_error():
                 pipe(class_labels=[3], decoding=name, output_type="latent")
     with pytest.raises(ValueError, match="decoding='nar' needs a generator trained with order='nar'"):
         ARImagePipeline(transformer=_model("raster"), vq=vq)(class_labels=[3], decoding="nar", output_type="latent")
+
+
+def test_parallel_benchmark_times_extra_models_with_their_own_decoding():
+    """bench_parallel's ``--extra-models`` (e.g. an NBP with half-row blocks): each model is timed in the same
+    interleaved run with its generator's own decoding, so the half-row NBP takes G^2 / 2 passes, not G."""
+    import importlib.util
+    from argparse import Namespace
+    from pathlib import Path
+
+    from mmgen.pipelines import ARImagePipeline
+    from mmgen.tokenizers_visual import VQTokenizer
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_parallel.py"
+    spec = importlib.util.spec_from_file_location("bench_parallel", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
+    models = {"ar": _model("raster"), "nar": _model("nar"), "nbp": _model("nbp"),
+              "nbp-half": _model("nbp", block_size=2, num_classes=10)}
+    methods = {k: ARImagePipeline(transformer=m, vq=vq) for k, m in models.items()}
+    for p in methods.values():
+        p.set_progress_bar_config(disable=True)
+    decoding = {k: p.transformer.native_decoding for k, p in methods.items()}
+    rows = {k: {} for k in methods}
+    bench._time_methods(methods, decoding, rows, Namespace(task="digits", repeats=1, cfg=1.5, temperature=1.0), 1, [])
+    assert {k: r["forward_passes_b1"] for k, r in rows.items()} == {"ar": 16, "nar": 7, "nbp": 4, "nbp-half": 8}
+    assert all(r["forward_passes_b8"] == r["forward_passes_b1"] and r["speedup_b8"] > 0 for r in rows.values())
+    assert rows["ar"]["speedup_b1"] == 1.0
