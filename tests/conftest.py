@@ -30,6 +30,17 @@ needs_judge = pytest.mark.skipif(not (HAVE_ESPEAK and HAVE_SF and HAVE_PS) and n
                                  reason="needs espeak-ng plus pocketsphinx and jiwer (pip install -e '.[audio]')")
 
 
+def load_benchmark(name: str):
+    """benchmarks/<name>.py (a script folder, not a package) imported as a module, for tests of its functions."""
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def randomize(model, std=0.1, seed=0):
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -7,7 +7,7 @@ from mmgen.decoding import SamplingConfig, get_decoder
 from mmgen.decoding.nar import diagonals
 from mmgen.models import ARTransformer, Condition
 
-from conftest import randomize
+from conftest import load_benchmark, randomize
 
 
 def _model(order, g=4, **kw):
@@ -320,17 +320,12 @@ def test_speculative_decoding_on_a_parallel_generator_is_a_clear_error():
 def test_parallel_benchmark_times_extra_models_with_their_own_decoding():
     """bench_parallel's ``--extra-models`` (e.g. an NBP with half-row blocks): each model is timed in the same
     interleaved run with its generator's own decoding, so the half-row NBP takes G^2 / 2 passes, not G."""
-    import importlib.util
     from argparse import Namespace
-    from pathlib import Path
 
     from mmgen.pipelines import ARImagePipeline
     from mmgen.tokenizers_visual import VQTokenizer
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_parallel.py"
-    spec = importlib.util.spec_from_file_location("bench_parallel", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_parallel")
     vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=24).eval()
     models = {"ar": _model("raster"), "nar": _model("nar"), "nbp": _model("nbp"),
               "nbp-half": _model("nbp", block_size=2, num_classes=10)}

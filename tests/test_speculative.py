@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from conftest import randomize
+from conftest import load_benchmark, randomize
 from mmgen.decoding import SamplingConfig, final_probs, get_decoder
 from mmgen.decoding.sjd import SJDDecoder, residual_probs
 from mmgen.models import ARTransformer, Condition
@@ -406,15 +406,10 @@ def test_drafter_follows_the_generator_device_and_dtype(c2i):
 def test_speculative_benchmark_times_every_prompt_group(c2i, monkeypatch):
     """bench_speculative's timing averages over several prompt groups: with prompts=3 each method decodes
     3 conditions x repeats at every batch size (it used to time the first prompt only)."""
-    import importlib.util
-
     from mmgen.pipelines import ARImagePipeline
     from mmgen.tokenizers_visual import VQTokenizer
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_speculative.py"
-    spec = importlib.util.spec_from_file_location("bench_speculative", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_speculative")
     vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=c2i.config.vocab_size).eval()
     pipe = ARImagePipeline(transformer=c2i, vq=vq)
     seen = []
