@@ -59,22 +59,21 @@ def main(argv=None):
         if key in methods:
             raise ValueError(f"--extra-models: {folder!r} is named like a model already in the run ({sorted(methods)})")
         methods[key] = _load(folder)
-    decoding = {name: pipe.transformer.native_decoding for name, pipe in methods.items()}
     scene_judge, digit_judge = load_judges()
     rows = {}
-    for name, pipe in methods.items():
+    for name, pipe in methods.items():  # no decoding= anywhere: each pipeline runs its generator's own order
         if args.task == "digits":
-            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=args.n_per_class, decoding=decoding[name],
+            res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=args.n_per_class,
                                              guidance_scale=args.cfg, temperature=args.temperature)
         else:
-            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n_prompts, decoding=decoding[name],
+            res, _ = evaluate_scene_pipeline(pipe, scene_judge, n=args.n_prompts,
                                              guidance_scale=args.cfg, temperature=args.temperature)
         rows[name] = {k: res[k] for k in res if k in ("class_consistency", "prompt_adherence", "judge_fd",
                                                        "judge_fd_real_vs_real", "n")}
-        rows[name]["decoding"] = decoding[name]
+        rows[name]["decoding"] = pipe.transformer.native_decoding
     extra = list(dict.fromkeys(t for t in (args.time_threads or []) if t != threads))
     try:
-        _time_methods(methods, decoding, rows, args, threads, extra)
+        _time_methods(methods, rows, args, threads, extra)
     finally:
         set_threads(threads)
     meta = {"task": args.task, "cfg": args.cfg, "temperature": args.temperature, "threads": threads,
@@ -86,7 +85,7 @@ def main(argv=None):
         atomic_write_json(args.json, {"meta": meta, "rows": rows})
 
 
-def _time_methods(methods: dict, decoding: dict, rows: dict, args, threads: int, extra: list) -> None:
+def _time_methods(methods: dict, rows: dict, args, threads: int, extra: list) -> None:
     """Interleaved timing of every method at batch 1 and 8, at ``threads`` and then each of ``extra``."""
     for n_threads in [threads] + extra:
         set_threads(n_threads)
@@ -94,16 +93,16 @@ def _time_methods(methods: dict, decoding: dict, rows: dict, args, threads: int,
         for b in (1, 8):
             kw = (dict(class_labels=[i % 10 for i in range(b)]) if args.task == "digits"
                   else dict(prompt=["a large green square in the center, white background"] * b))
-            for name, pipe in methods.items():  # untimed warm-up at this thread count and batch
-                pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=decoding[name], guidance_scale=args.cfg,
+            for pipe in methods.values():  # untimed warm-up at this thread count and batch
+                pipe(**kw, generator=torch.Generator().manual_seed(0), guidance_scale=args.cfg,
                      temperature=args.temperature, output_type="latent")
             times = {k: [] for k in methods}
             fwd = {}
             for _ in range(args.repeats):  # interleaved: the same noise hits every method
                 for name, pipe in methods.items():
                     t = time.perf_counter()
-                    out = pipe(**kw, generator=torch.Generator().manual_seed(0), decoding=decoding[name],
-                               guidance_scale=args.cfg, temperature=args.temperature, output_type="latent")
+                    out = pipe(**kw, generator=torch.Generator().manual_seed(0), guidance_scale=args.cfg,
+                               temperature=args.temperature, output_type="latent")
                     times[name].append(time.perf_counter() - t)
                     fwd[name] = out.stats.forward_passes
             for name in methods:

@@ -332,9 +332,8 @@ def test_parallel_benchmark_times_extra_models_with_their_own_decoding():
     methods = {k: ARImagePipeline(transformer=m, vq=vq) for k, m in models.items()}
     for p in methods.values():
         p.set_progress_bar_config(disable=True)
-    decoding = {k: p.transformer.native_decoding for k, p in methods.items()}
     rows = {k: {} for k in methods}
-    bench._time_methods(methods, decoding, rows, Namespace(task="digits", repeats=1, cfg=1.5, temperature=1.0), 1, [])
+    bench._time_methods(methods, rows, Namespace(task="digits", repeats=1, cfg=1.5, temperature=1.0), 1, [])
     assert {k: r["forward_passes_b1"] for k, r in rows.items()} == {"ar": 16, "nar": 7, "nbp": 4, "nbp-half": 8}
     assert all(r["forward_passes_b8"] == r["forward_passes_b1"] and r["speedup_b8"] > 0 for r in rows.values())
     assert rows["ar"]["speedup_b1"] == 1.0

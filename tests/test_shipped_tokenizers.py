@@ -70,4 +70,3 @@ def test_generators_on_family_tokens_generate(name):
                generator=torch.Generator().manual_seed(0), output_type="np")
     assert out.images.shape == (2, 64, 64, 3) and out.tokens.shape[1] == pipe.vq.layout_for(64).num_tokens
     assert out.stats.forward_passes == out.tokens.shape[1]
-
