@@ -131,6 +131,35 @@ def test_seed_contrastive_loss_prefers_matched_pairs():
     assert contrastive_loss(e, e, scale) < contrastive_loss(e, e.roll(1, 0), scale)
 
 
+
+def test_seed_captioning_loss_reads_the_codes_word_by_word(tmp_path):
+    """ITG option: the loss trains the encoder through the codes, word i is predicted from words < i only,
+    and the option round-trips through save/load (the shipped config, without it, still builds no captioner)."""
+    assert SEEDTokenizer(**SMALL[SEEDTokenizer]).captioner is None
+    with pytest.raises(ValueError, match="caption_weight"):
+        SEEDTokenizer(**SMALL[SEEDTokenizer], caption_weight=-1.0)
+    torch.manual_seed(0)
+    tok = SEEDTokenizer(**SMALL[SEEDTokenizer], caption_weight=1.0)
+    tok.train()
+    caps = ["a small red circle on the left, blue background", "a large green square at the top and a small "
+            "yellow diamond at the bottom, black background"]
+    out = tok.losses(images(4, 1), caps, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(out["captioning"]) and out["captioning"] > 0
+    out["loss"].backward()
+    assert tok.query_tokens.grad.abs().max() > 0 and tok.caption_head.weight.grad.abs().max() > 0
+    tok.eval()
+    zq = tok.codebook[tok.encode(images(2, 2)).ids]
+    with torch.no_grad():  # per-word losses of two captions that share their first two words
+        a, b = tok.caption_loss(zq[:1].expand(2, -1, -1), [caps[0], "a small blue square at the top, gray "
+                                                           "background"], reduction="none")
+    assert torch.allclose(a[:2], b[:2]) and not torch.allclose(a[2], b[2])  # word i sees words < i only
+    assert a.shape == (24,) and (a[10:] == 0).all() and (a[:10] > 0).all()  # 9 words and the comma, then padding
+    tok.save_pretrained(tmp_path)
+    again = SEEDTokenizer.from_pretrained(tmp_path).eval()
+    assert again.captioner is not None
+    with torch.no_grad():
+        assert torch.allclose(again.caption_loss(zq[:1], caps[:1]), tok.caption_loss(zq[:1], caps[:1]))
+
 # ------------------------------------------------------------------ TokenFlow: one index, two codebooks
 def test_tokenflow_joint_index_is_the_weighted_argmin():
     g = torch.Generator().manual_seed(0)
@@ -274,6 +303,39 @@ def test_onedpiece_proxy_mode_predicts_the_frozen_proxy_codes(tmp_path):
     assert torch.equal(again.decode(ids), tok.decode(ids))
     with pytest.raises(ValueError, match="--proxy"):
         build_model("hita", {}, proxy=str(tmp_path / "vq"))
+
+
+def test_seed_reads_a_frozen_vq_encoder_and_stays_causal(tmp_path):
+    """``vision_vq``: the Q-Former reads a frozen VQ's code grid (SEED's frozen ViT); training never changes the
+    VQ, token i still depends on queries <= i only, and the whole tokenizer round-trips through save/load."""
+    from mmgen.train.train_visual_tokenizer import build_model
+
+    torch.manual_seed(0)
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
+    vq.train()
+    vq(images(8, 3))
+    vq.eval().save_pretrained(tmp_path / "vq")
+    tok = build_model("seed", {**SMALL[SEEDTokenizer], "caption_weight": 1.0}, proxy=str(tmp_path / "vq"))
+    assert tok.patch_embed is None and tok.sub == 2  # 16 x 16 codes, 2 x 2 per patch of the 8 x 8 grid
+    before = {k: v.clone() for k, v in tok.vision.state_dict().items()}
+    opt = torch.optim.AdamW([p for p in tok.parameters() if p.requires_grad], lr=1e-2)
+    tok.train()
+    assert not tok.vision.training
+    for _ in range(2):
+        out = tok.losses(images(4, 1), ["a small red circle on the left, blue background"] * 2)
+        out["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+    assert all(torch.equal(v, before[k]) for k, v in tok.vision.state_dict().items())
+    tok.eval()
+    x, q = images(2), tok.query_tokens.detach().clone()
+    q2 = q.clone()
+    q2[:, 3:] += 1.0
+    assert torch.equal(tok.causal_embeddings(x, q2)[:, :3], tok.causal_embeddings(x, q)[:, :3])
+    ids = tok.encode(x).ids
+    tok.save_pretrained(tmp_path / "seed")
+    again = load_tokenizer(tmp_path / "seed")
+    assert torch.equal(again.encode(x).ids, ids) and torch.equal(again.decode(ids), tok.decode(ids))
 
 
 # ------------------------------------------------------------------ generators on these layouts

@@ -16,6 +16,14 @@ caption encoder are trained from scratch; the codebook is Euclidean but EMA-upda
 restarts (vector-quantize-pytorch) rather than SEED's gradient codebook; and the image decoder is
 substituted: SEED regresses a CLIP-H image embedding and renders it with Stable unCLIP (diffusion),
 here the generation embedding feeds a conv decoder trained jointly with an L2 + L1 pixel loss.
+Optional (``caption_weight`` > 0, off in the shipped checkpoint): an image-grounded captioning loss on the
+quantized tokens, BLIP-2's ITG objective (Li et al. 2023) that SEED's stage 1 leaves out: a 2-layer causal
+text decoder (``transformers.BertModel`` as a decoder + a linear word head) cross-attends to the 32 decoded codes and predicts the caption
+word by word. The contrastive loss is met by background and colour alone on template captions (shape stays at
+chance in the tokens, docs/BENCHMARKS.md); every caption word has to be predicted from the codes here.
+Optional (``vision_vq`` = the config of a trained :class:`VQTokenizer`, weights loaded by the trainer's
+``--proxy``): the nearest thing here to SEED's frozen pretrained ViT; the Q-Former's image features are that VQ's
+frozen code grid (s x s cells per patch, Linear, LayerNorm) followed by the trainable ViT blocks.
 """
 
 from __future__ import annotations
@@ -29,11 +37,13 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
-from transformers import Blip2QFormerConfig, Blip2QFormerModel
+from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
+from einops import rearrange
 from vector_quantize_pytorch import VectorQuantize
 
-from ._parts import CaptionTower, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
+from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .vq import VQTokenizer
 
 
 class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
@@ -47,11 +57,24 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  codebook_size: int = 512, embed_dim: int = 64, recon_depth: int = 2, gen_dim: int = 256,
                  decoder_channels: tuple = (16, 32, 64, 128), text_vocab_size: int = 0,
                  commitment_weight: float = 0.25, ema_decay: float = 0.9, dead_code_threshold: float = 2.0,
-                 weights: tuple = (1.0, 1.0, 2.0, 1.0)):
+                 weights: tuple = (1.0, 1.0, 2.0, 1.0), caption_weight: float = 0.0, vision_vq: dict | None = None):
         super().__init__()
+        if not caption_weight >= 0:
+            raise ValueError(f"caption_weight must be >= 0, got {caption_weight}")
         g = (image_size // patch_size) ** 2
         # image encoder: (B, 3, S, S) -> (B, G, W)
-        self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
+        self.vision, self.patch_embed = None, None
+        if vision_vq is None:
+            self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
+        else:  # a frozen pretrained encoder, as SEED's frozen ViT: a trained VQ tokenizer's code grid
+            self.vision = VQTokenizer(**vision_vq).requires_grad_(False).eval()
+            grid = image_size // self.vision.downsample_factor
+            if grid % (image_size // patch_size):
+                raise ValueError(f"the vision VQ's grid ({grid}) must be a multiple of the patch grid "
+                                 f"({image_size // patch_size})")
+            self.sub = grid // (image_size // patch_size)  # VQ cells per patch, per side
+            self.vision_in = nn.Linear(self.sub ** 2 * self.vision.config.codebook_dim, width)
+            self.ln_pre = nn.LayerNorm(width)
         self.vit_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
         self.vit = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(vit_depth))
         self.vit_norm = nn.LayerNorm(width)
@@ -78,6 +101,15 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         self.gen_mlp = nn.Sequential(nn.Linear(width, 64, bias=False), nn.ReLU(), nn.Linear(64, 32, bias=False),
                                      nn.ReLU(), nn.Linear(32, 8, bias=False))
         self.gen_head = nn.Linear(8 * num_queries, gen_dim)
+        self.captioner = None
+        if caption_weight > 0:  # ITG: caption words from the decoded codes; ids: caption vocabulary + [BOS]
+            self.caption_vocab = text_vocab_size or len(caption_tokenizer())
+            self.captioner = BertModel(BertConfig(
+                vocab_size=self.caption_vocab + 1, hidden_size=width, num_hidden_layers=2, num_attention_heads=heads,
+                intermediate_size=2 * width, max_position_embeddings=CAPTION_LEN + 8, type_vocab_size=1,
+                is_decoder=True, add_cross_attention=True, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0),
+                add_pooling_layer=False)  # causal self-attention (is_decoder), cross-attention to the codes
+            self.caption_head = nn.Linear(width, self.caption_vocab + 1)
         # image decoder (substitute for unCLIP): generation embedding -> (B, C, s, s) -> pixels
         self.seed_side = image_size // 2 ** len(decoder_channels)
         self.dec_in = nn.Linear(gen_dim, decoder_channels[-1] * self.seed_side ** 2)
@@ -93,9 +125,22 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     def layout_for(self, image_size: int | None = None) -> TokenLayout:
         return TokenLayout("sequence", length=self.config.num_queries, order="causal")
 
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.vision is not None:
+            self.vision.eval()  # frozen: its EMA codebook must never update
+        return self
+
     def image_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> ViT features (B, G, W)."""
-        h = self.patch_embed(images) + self.vit_pos
+        if self.vision is None:
+            h = self.patch_embed(images) + self.vit_pos
+        else:
+            with torch.no_grad():
+                z = self.vision.embed_ids(self.vision.encode(images).ids.view(len(images), *[
+                    images.shape[-1] // self.vision.downsample_factor] * 2))  # (B, D, h, w) frozen code grid
+            z = rearrange(z, "b d (h p) (w q) -> b (h w) (p q d)", p=self.sub, q=self.sub)
+            h = self.ln_pre(self.vision_in(z) + self.vit_pos)
         for blk in self.vit:
             h = blk(h)
         return self.vit_norm(h)
@@ -146,6 +191,23 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
     def embed_captions(self, captions: list[str]) -> torch.Tensor:
         return self.text(captions)
 
+    def caption_loss(self, zq: torch.Tensor, captions: list[str], reduction: str = "mean") -> torch.Tensor:
+        """Next-word cross-entropy of ``captions`` given the quantized codes zq (n, Q, code_dim) (ITG): the mean,
+        or with ``reduction="none"`` per word (n, L), words in caption order, 0 after a caption's end."""
+        ids, mask = caption_ids(captions)  # left padded (n, L)
+        ids, mask = ids.to(zq.device), mask.to(zq.device)
+        order = torch.argsort(1 - mask, dim=1, stable=True)  # real words first, in order
+        words, real = ids.gather(1, order), mask.gather(1, order).bool()  # right padded (n, L)
+        bos = torch.full_like(words[:, :1], self.caption_vocab)
+        inp = torch.cat([bos, words], 1)  # (n, 1 + L)
+        att = torch.cat([torch.ones_like(real[:, :1]), real], 1).long()
+        h = self.captioner(input_ids=inp, attention_mask=att,
+                           encoder_hidden_states=self.decode_task_layer(zq)).last_hidden_state  # (n, 1 + L, W)
+        logits = self.caption_head(h)  # (n, 1 + L, V + 1)
+        target = words.masked_fill(~real, -100)  # logits[:, i] predicts word i
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), target.flatten(), ignore_index=-100, reduction=reduction)
+        return loss if reduction == "mean" else loss.view(target.shape)
+
     # --- training -------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, captions=None, generator: torch.Generator | None = None) -> dict:
         w_clip, w_vq, w_cos, w_pix = self.config.weights
@@ -158,6 +220,9 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
             out["contrastive"] = contrastive_loss(img, self.text(captions), self.logit_scale)
             loss = loss + w_clip * out["contrastive"]
         zq, _, commit = self.quantizer(self.encode_task_layer(q))
+        if captions and self.captioner is not None:
+            out["captioning"] = self.caption_loss(zq[: len(captions)], captions)
+            loss = loss + self.config.caption_weight * out["captioning"]
         r, gen = self._generation_embedding(zq)
         out["cosine"] = (1 - F.cosine_similarity(r, q.detach(), dim=-1)).mean()
         out["reconstruction"] = pixel_loss(self._render(gen), images)

@@ -30,15 +30,21 @@ KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "Hi
 
 
 def build_model(kind: str, config: dict, proxy: str | None = None):
-    """A fresh tokenizer of ``kind``; with ``proxy`` (One-D-Piece) the frozen proxy VQ's weights are loaded into it."""
+    """A fresh tokenizer of ``kind``; with ``proxy`` a trained VQ tokenizer's weights are loaded into it, frozen: the
+    proxy whose codes One-D-Piece's decoder predicts, or the image encoder SEED's Q-Former reads."""
     cls = getattr(tokenizers_visual, KINDS[kind])
     if proxy is None:
         return cls(**config)
-    if kind != "onedpiece":
-        raise ValueError(f"--proxy is only used by --kind onedpiece, got --kind {kind}")
+    if kind not in ("onedpiece", "seed"):
+        raise ValueError(f"--proxy is only used by --kind onedpiece and seed, got --kind {kind}")
     vq = tokenizers_visual.VQTokenizer.from_pretrained(proxy)
-    model = cls(**config, proxy_vq={k: v for k, v in vq.config.items() if not k.startswith("_")})
-    model.proxy.load_state_dict(vq.state_dict())
+    vq_config = {k: v for k, v in vq.config.items() if not k.startswith("_")}
+    if kind == "onedpiece":
+        model = cls(**config, proxy_vq=vq_config)
+        model.proxy.load_state_dict(vq.state_dict())
+    else:
+        model = cls(**config, vision_vq=vq_config)
+        model.vision.load_state_dict(vq.state_dict())
     return model
 
 
@@ -57,8 +63,9 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
     ap.add_argument("--config", default="{}", help="JSON overrides of the tokenizer's constructor arguments")
-    ap.add_argument("--proxy", default=None, help="onedpiece only: folder of a trained VQ tokenizer whose codes the "
-                                                  "decoder learns to predict (TiTok's proxy-code stage)")
+    ap.add_argument("--proxy", default=None, help="folder of a trained VQ tokenizer, frozen. onedpiece: the decoder "
+                                                  "learns to predict its codes (TiTok's proxy-code stage); seed: the "
+                                                  "Q-Former reads its code grid (SEED's frozen image encoder)")
     args = ap.parse_args(argv)
     if args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
