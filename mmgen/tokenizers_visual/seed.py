@@ -17,10 +17,11 @@ restarts (vector-quantize-pytorch) rather than SEED's gradient codebook; and the
 substituted: SEED regresses a CLIP-H image embedding and renders it with Stable unCLIP (diffusion),
 here the generation embedding feeds a conv decoder trained jointly with an L2 + L1 pixel loss.
 Optional (``caption_weight`` > 0, off in the shipped checkpoint): an image-grounded captioning loss on the
-quantized tokens, BLIP-2's ITG objective (Li et al. 2023) that SEED's stage 1 leaves out: a 2-layer causal
-text decoder (``transformers.BertModel`` as a decoder + a linear word head) cross-attends to the 32 decoded codes and predicts the caption
-word by word. The contrastive loss is met by background and colour alone on template captions (shape stays at
-chance in the tokens, docs/BENCHMARKS.md); every caption word has to be predicted from the codes here.
+quantized tokens, BLIP-2's ITG objective (Li et al. 2023) that SEED's stage 1 leaves out: a 2-layer causal text
+decoder (``transformers.BertModel`` as a decoder, plus a linear word head) cross-attends to the 32 decoded codes
+and predicts the caption word by word. On template captions the contrastive loss is met by the background alone
+(each slot's shape and colour stay at chance in the tokens, docs/BENCHMARKS.md); here every word must come from
+the codes.
 Optional (``vision_vq`` = the config of a trained :class:`VQTokenizer`, weights loaded by the trainer's
 ``--proxy``): the nearest thing here to SEED's frozen pretrained ViT; the Q-Former's image features are that VQ's
 frozen code grid (s x s cells per patch, Linear, LayerNorm) followed by the trainable ViT blocks.
@@ -35,10 +36,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
+from einops import rearrange
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
-from einops import rearrange
 from vector_quantize_pytorch import VectorQuantize
 
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
