@@ -28,9 +28,10 @@ def _psnr(tok, x, **kw):
         return psnr(tok.decode(tok.encode(x).ids, **kw).clamp(-1, 1), x)
 
 
-# measured on 256 held-out scenes (docs/BENCHMARKS.md): SEED 17.65, TokenFlow 28.74, Hita 27.47 dB
+# measured on 256 held-out scenes (docs/BENCHMARKS.md): SEED 17.65, TokenFlow 28.74, Hita 28.94 dB (6000 steps;
+# the 3000-step Hita tokenizer, 27.47 dB, fails its floor)
 @pytest.mark.parametrize("path,floor", [("scenes-t2i-seed/vq", 16.5), ("scenes-t2i-tokenflow/vq", 27.5),
-                                        ("scenes-t2i-hita/vq", 26.5)])
+                                        ("scenes-t2i-hita/vq", 28.0)])
 def test_reconstruction_floor_on_held_out_scenes(scenes, path, floor):
     assert _psnr(_tok(path), scenes[0]) >= floor
 
