@@ -39,6 +39,16 @@ def trained_a_step(cls):
     return tok.eval()
 
 
+def small_vq_saved(folder) -> VQTokenizer:
+    """A small VQ tokenizer (16 x 16 codes on 64 px) after one training forward (k-means codebook init), saved to
+    ``folder`` for the trainer's ``--proxy``; returned in eval mode."""
+    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
+    vq.train()
+    vq(images(8, 3))
+    vq.eval().save_pretrained(folder)
+    return vq
+
+
 @pytest.fixture(scope="module", params=list(SMALL), ids=lambda c: c.__name__)
 def tok(request):
     return trained_a_step(request.param)
@@ -273,10 +283,7 @@ def test_onedpiece_proxy_mode_predicts_the_frozen_proxy_codes(tmp_path):
     from mmgen.train.train_visual_tokenizer import build_model
 
     torch.manual_seed(0)
-    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
-    vq.train()
-    vq(images(8, 3))  # k-means init of the proxy codebook
-    vq.eval().save_pretrained(tmp_path / "vq")
+    vq = small_vq_saved(tmp_path / "vq")
     tok = build_model("onedpiece", SMALL[OneDPieceTokenizer], proxy=str(tmp_path / "vq"))
     before = {k: v.clone() for k, v in tok.proxy.state_dict().items()}
     assert all(torch.equal(v, vq.state_dict()[k]) for k, v in before.items())
@@ -311,10 +318,7 @@ def test_seed_reads_a_frozen_vq_encoder_and_stays_causal(tmp_path):
     from mmgen.train.train_visual_tokenizer import build_model
 
     torch.manual_seed(0)
-    vq = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
-    vq.train()
-    vq(images(8, 3))
-    vq.eval().save_pretrained(tmp_path / "vq")
+    small_vq_saved(tmp_path / "vq")
     tok = build_model("seed", {**SMALL[SEEDTokenizer], "caption_weight": 1.0}, proxy=str(tmp_path / "vq"))
     assert tok.patch_embed is None and tok.sub == 2  # 16 x 16 codes, 2 x 2 per patch of the 8 x 8 grid
     before = {k: v.clone() for k, v in tok.vision.state_dict().items()}

@@ -88,7 +88,8 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                              persistent=False)
         # contrastive heads
         self.vision_proj = nn.Linear(width, embed_dim)
-        self.text = CaptionTower(text_vocab_size or len(caption_tokenizer()), embed_dim)
+        self.caption_vocab = text_vocab_size or len(caption_tokenizer())  # caption word ids (BOS = this, ITG)
+        self.text = CaptionTower(self.caption_vocab, embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
         # codebook
         self.encode_task_layer = nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, code_dim))
@@ -104,7 +105,6 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         self.gen_head = nn.Linear(8 * num_queries, gen_dim)
         self.captioner = None
         if caption_weight > 0:  # ITG: caption words from the decoded codes; ids: caption vocabulary + [BOS]
-            self.caption_vocab = text_vocab_size or len(caption_tokenizer())
             self.captioner = BertModel(BertConfig(
                 vocab_size=self.caption_vocab + 1, hidden_size=width, num_hidden_layers=2, num_attention_heads=heads,
                 intermediate_size=2 * width, max_position_embeddings=CAPTION_LEN + 8, type_vocab_size=1,
@@ -138,8 +138,9 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
             h = self.patch_embed(images) + self.vit_pos
         else:
             with torch.no_grad():
-                z = self.vision.embed_ids(self.vision.encode(images).ids.view(len(images), *[
-                    images.shape[-1] // self.vision.downsample_factor] * 2))  # (B, D, h, w) frozen code grid
+                batch = self.vision.encode(images)  # ids (B, h * w), raster
+                z = self.vision.embed_ids(batch.ids.view(len(images), batch.layout.height, batch.layout.width))
+            # z (B, D, h, w): the frozen code grid
             z = rearrange(z, "b d (h p) (w q) -> b (h w) (p q d)", p=self.sub, q=self.sub)
             h = self.ln_pre(self.vision_in(z) + self.vit_pos)
         for blk in self.vit:
