@@ -460,3 +460,58 @@ def test_visual_tokenizer_trainer_resumes_exports_and_records_every_run(tmp_path
     assert "psnr_scenes" in m and "psnr_vs_length" in m
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.decode(tok.encode(images(2)).ids).shape == (2, 3, 64, 64)
+
+
+def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path):
+    """SEED's generative renderer (unCLIP's role): warm-started from a raster generator over the same frozen VQ
+    (all but the condition's input layer and null prefix), trained by its script, exported as the same tokenizer
+    (identical ids) whose ``decode`` samples the VQ grid from the passed generator only; bad configs raise."""
+    from mmgen.pipelines import ARImagePipeline
+    from mmgen.train.train_seed_renderer import main, warm_start
+    from mmgen.train.train_visual_tokenizer import build_model
+
+    torch.manual_seed(0)
+    small_vq_saved(tmp_path / "pipe" / "vq")
+    seed = build_model("seed", SMALL[SEEDTokenizer], proxy=str(tmp_path / "pipe" / "vq")).train()
+    seed.losses(images(8, 1), ["a small red circle on the left, blue background"] * 4)  # k-means codebook init
+    seed.eval().save_pretrained(tmp_path / "seed")
+    small = dict(dim=32, n_layers=1, n_heads=2)
+    src = randomize(ARTransformer(vocab_size=32, grid_size=16, caption_dim=12, prefix_len=5, **small), std=0.05)
+    src.save_pretrained(tmp_path / "pipe" / "transformer")
+    renderer = seed.build_renderer(small)
+    assert warm_start(renderer, tmp_path / "pipe", seed.vision) == ["caption_proj.0.weight", "uncond_embedding"]
+    assert torch.equal(renderer.layers[0].wqkv.weight, src.layers[0].wqkv.weight)
+    other = VQTokenizer(channels=(8, 16), num_res_blocks=1, codebook_size=32, codebook_dim=4)
+    other.save_pretrained(tmp_path / "other" / "vq")
+    src.save_pretrained(tmp_path / "other" / "transformer")
+    with pytest.raises(ValueError, match="vision VQ"):
+        warm_start(seed.build_renderer(small), tmp_path / "other", seed.vision)
+    with pytest.raises(ValueError, match="caption_dim"):
+        seed.build_renderer({**small, "caption_dim": 7})
+    with pytest.raises(ValueError, match="needs vision_vq"):
+        trained_a_step(SEEDTokenizer).build_renderer(small)
+
+    main(["--tokenizer", str(tmp_path / "seed"), "--init-from", str(tmp_path / "pipe"), "--out", str(tmp_path / "out"),
+          "--work", str(tmp_path / "work"), "--steps", "2", "--batch", "2", "--num-scenes", "8", "--threads", "1",
+          "--cache-dir", str(tmp_path / "cache"), "--renderer-config", '{"dim": 32, "n_layers": 1, "n_heads": 2}'])
+    tok = load_tokenizer(tmp_path / "out")
+    x = images(2)
+    ids = tok.encode(x).ids
+    assert tok.stochastic_decode and not seed.stochastic_decode and torch.equal(ids, seed.encode(x).ids)
+    assert tok.render_condition(ids).text_features.shape == (2, 8, 32)
+    g = lambda s: torch.Generator().manual_seed(s)
+    a, b, c = tok.decode(ids, generator=g(0)), tok.decode(ids, generator=g(0)), tok.decode(ids, generator=g(1))
+    assert a.shape == (2, 3, 64, 64) and torch.equal(a, b) and not torch.equal(a, c)
+    with pytest.raises(ValueError, match="temperature"):
+        tok.decode(ids, temperature=0)
+    # a pipeline hands its generator to a stochastic tokenizer: same seed, same images
+    from mmgen.models.text import build_text_encoder, build_text_tokenizer
+    from mmgen.data.scenes import caption_vocabulary
+    text_tok = build_text_tokenizer(caption_vocabulary(), 24)
+    enc = randomize(build_text_encoder(len(text_tok), hidden=32, layers=1, heads=2, max_length=24), std=0.05)
+    gen = randomize(ARTransformer(vocab_size=64, grid_size=1, grid_width=8, caption_dim=32, prefix_len=24, **small),
+                    std=0.2)
+    pipe = ARImagePipeline(transformer=gen, vq=tok, text_encoder=enc, tokenizer=text_tok)
+    pipe.set_progress_bar_config(disable=True)
+    run = lambda s: pipe("a small red circle on the left, blue background", generator=g(s), output_type="pt").images
+    assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))

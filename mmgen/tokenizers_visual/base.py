@@ -7,7 +7,9 @@ codebook ``(V, D)`` because accelerators read it (LANTERN proximity sets, GSD em
 Contract (every class in :mod:`mmgen.tokenizers_visual`):
 
 * ``encode(images) -> TokenBatch`` (ids in the generator's emission order, the layout, ``extras``),
-  ``decode(ids) -> images``; both in eval mode without gradients.
+  ``decode(ids) -> images``; both in eval mode without gradients. A tokenizer whose decoder samples (SEED with
+  its generative renderer) sets ``stochastic_decode`` and takes ``decode(ids, generator=...)``; pipelines pass
+  their generator to it.
 * ``vocab_size``, ``codebook`` ``(vocab_size, D)``, ``layout_for(image_size)``.
 * ``save_pretrained`` / ``from_pretrained`` (diffusers ``ModelMixin``: config.json + safetensors);
   :func:`load_tokenizer` opens any of them from a folder.
@@ -73,6 +75,7 @@ class VisualTokenizerMixin:
     """Methods every visual tokenizer provides; concrete classes implement ``_encode_ids``/``_decode_ids``."""
 
     is_continuous: bool = False
+    stochastic_decode: bool = False  # True: decode(ids, generator=...) samples
 
     @property
     def vocab_size(self) -> int:

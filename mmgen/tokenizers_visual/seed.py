@@ -25,6 +25,13 @@ the codes.
 Optional (``vision_vq`` = the config of a trained :class:`VQTokenizer`, weights loaded by the trainer's
 ``--proxy``): the nearest thing here to SEED's frozen pretrained ViT; the Q-Former's image features are that VQ's
 frozen code grid (s x s cells per patch, Linear, LayerNorm) followed by the trainable ViT blocks.
+Optional (``renderer`` = an :class:`~mmgen.models.ARTransformer` config, needs ``vision_vq``; trained by
+``python -m mmgen.train.train_seed_renderer``): a generative image decoder in unCLIP's place. SEED renders its
+tokens with a *pretrained* diffusion model conditioned on them; here a pretrained AR image generator over the
+frozen VQ's code grid (warm-started from the text-to-image ``scenes-t2i``) takes the 32 decoded codes
+(``decode_task_layer``, what the captioner reads) as its prefix in place of the caption, samples the code grid
+(CFG with the null prefix, condition dropout 0.1 in training) and the frozen VQ draws it. Then ``decode`` is
+stochastic: it draws from the ``generator`` it is given (``stochastic_decode`` is True).
 """
 
 from __future__ import annotations
@@ -44,6 +51,9 @@ from vector_quantize_pytorch import VectorQuantize
 
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from ..decoding.ar import ARDecoder
+from ..decoding.sampling import SamplingConfig
+from ..models.ar_transformer import ARTransformer, Condition
 from .vq import VQTokenizer
 
 
@@ -58,10 +68,14 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  codebook_size: int = 512, embed_dim: int = 64, recon_depth: int = 2, gen_dim: int = 256,
                  decoder_channels: tuple = (16, 32, 64, 128), text_vocab_size: int = 0,
                  commitment_weight: float = 0.25, ema_decay: float = 0.9, dead_code_threshold: float = 2.0,
-                 weights: tuple = (1.0, 1.0, 2.0, 1.0), caption_weight: float = 0.0, vision_vq: dict | None = None):
+                 weights: tuple = (1.0, 1.0, 2.0, 1.0), caption_weight: float = 0.0, vision_vq: dict | None = None,
+                 renderer: dict | None = None, render_guidance: float = 1.5, render_temperature: float = 1.0):
         super().__init__()
         if not caption_weight >= 0:
             raise ValueError(f"caption_weight must be >= 0, got {caption_weight}")
+        if not (render_guidance >= 0 and render_temperature > 0):
+            raise ValueError(f"render_guidance must be >= 0 and render_temperature > 0, got {render_guidance} and "
+                             f"{render_temperature}")
         g = (image_size // patch_size) ** 2
         # image encoder: (B, 3, S, S) -> (B, G, W)
         self.vision, self.patch_embed = None, None
@@ -117,6 +131,8 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         self.pixel_decoder = conv_decoder(decoder_channels[-1], tuple(decoder_channels))
         self.fixed_image_size = image_size
         self.downsample_factor = patch_size
+        # generative decoder (unCLIP's role): 32 decoded codes (B, Q, W) as prefix -> the frozen VQ's code grid
+        self.render_transformer = None if renderer is None else self.build_renderer(renderer)
 
     # --- contract -------------------------------------------------------------------------
     @property
@@ -175,14 +191,50 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         _, gen = self._generation_embedding(zq)
         return TokenBatch(ids=ids.long(), layout=self.layout_for(), extras={"generation_embedding": gen})
 
+    def build_renderer(self, config: dict) -> ARTransformer:
+        """A fresh renderer: ``config`` (ARTransformer arguments) completed with what the tokenizer fixes."""
+        if self.vision is None:
+            raise ValueError("renderer draws the vision VQ's code grid: it needs vision_vq")
+        need = dict(caption_dim=self.config.width, prefix_len=self.config.num_queries,
+                    vocab_size=self.vision.vocab_size, grid_size=self.fixed_image_size // self.vision.downsample_factor,
+                    grid_width=0, order="raster")
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        bad = {k: (config[k], v) for k, v in need.items() if k in config and config[k] != v}
+        if bad:
+            raise ValueError(f"renderer config must have {need}; got (given, needed) {bad}")
+        return ARTransformer(**{**config, **need})
+
+    @property
+    def stochastic_decode(self) -> bool:
+        """True when ``decode`` samples (the generative renderer): pipelines then pass their generator."""
+        return self.render_transformer is not None
+
+    def render_condition(self, ids: torch.Tensor) -> Condition:
+        """ids (B, Q) -> the renderer's prefix: the decoded codes (B, Q, W), all visible."""
+        feats = self.decode_task_layer(self.codebook[ids])  # (B, Q, W)
+        return Condition(text_features=feats, text_mask=torch.ones(feats.shape[:2], dtype=torch.bool,
+                                                                   device=feats.device))
+
     @torch.no_grad()
-    def decode(self, ids: torch.Tensor) -> torch.Tensor:
+    def decode(self, ids: torch.Tensor, generator: "torch.Generator | list | None" = None,
+               guidance_scale: float | None = None, temperature: float | None = None) -> torch.Tensor:
+        """ids (B, Q) -> images (B, 3, S, S). With a renderer: its code grid sampled with ``generator`` (one per
+        row allowed), CFG ``guidance_scale`` and ``temperature`` (defaults: the config's render_*); without one
+        the pixel decoder, deterministic (``generator`` unused)."""
         if isinstance(ids, TokenBatch):
             ids = ids.ids
         self.check_ids(ids)
         if ids.shape[1] != self.config.num_queries:
             raise ValueError(f"ids must hold {self.config.num_queries} tokens, got {ids.shape[1]}")
-        return self._render(self._generation_embedding(self.codebook[ids])[1])
+        if self.render_transformer is None:
+            return self._render(self._generation_embedding(self.codebook[ids])[1])
+        cfg = self.config.render_guidance if guidance_scale is None else guidance_scale
+        temp = self.config.render_temperature if temperature is None else temperature
+        if not (cfg >= 0 and temp > 0):
+            raise ValueError(f"guidance_scale must be >= 0 and temperature > 0, got {cfg} and {temp}")
+        state = self.render_transformer.prefill(self.render_condition(ids), guidance_scale=cfg)
+        codes = ARDecoder().decode(self.render_transformer, state, SamplingConfig(temperature=temp), generator).tokens
+        return self.vision.decode(codes)  # codes (B, g * g) raster -> the frozen VQ's pixels
 
     @torch.no_grad()
     def embed_images(self, images: torch.Tensor) -> torch.Tensor:
