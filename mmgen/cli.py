@@ -163,6 +163,7 @@ def cmd_tokenize(args) -> int:
         if not 1 <= args.length <= batch.ids.shape[1]:
             raise ValueError(f"--length must be in [1, {batch.ids.shape[1]}], got {args.length}")
         kw["length"] = args.length
+    kw.update(tok.decode_kwargs(torch.Generator().manual_seed(args.seed)))  # a sampling decoder (SEED's renderer)
     if args.out:
         with torch.no_grad():
             rec = tok.decode(batch.ids, **kw).clamp(-1, 1)
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "sharpest shipped 16x16 tokenizer on scenes, photos and digits)")
     tk.add_argument("--out", default=None, help="write the reconstruction here (PNG, atomic)")
     tk.add_argument("--length", type=int, default=None, help="decode only the first LENGTH tokens (One-D-Piece)")
+    tk.add_argument("--seed", type=int, default=0, help="seed of a sampling decoder (SEED with its renderer)")
     tk.set_defaults(fn=cmd_tokenize)
     i = sub.add_parser("info", help="list shipped models and their measured figures")
     i.set_defaults(fn=cmd_info)

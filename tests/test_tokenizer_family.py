@@ -493,8 +493,10 @@ def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path):
 
     main(["--tokenizer", str(tmp_path / "seed"), "--init-from", str(tmp_path / "pipe"), "--out", str(tmp_path / "out"),
           "--work", str(tmp_path / "work"), "--steps", "2", "--batch", "2", "--num-scenes", "8", "--threads", "1",
-          "--cache-dir", str(tmp_path / "cache"), "--renderer-config", '{"dim": 32, "n_layers": 1, "n_heads": 2}'])
+          "--cache-dir", str(tmp_path / "cache"), "--renderer-config", '{"dim": 32, "n_layers": 1, "n_heads": 2}',
+          "--render-guidance", "3", "--render-temperature", "0.5"])
     tok = load_tokenizer(tmp_path / "out")
+    assert (tok.config.render_guidance, tok.config.render_temperature) == (3, 0.5)
     x = images(2)
     ids = tok.encode(x).ids
     assert tok.stochastic_decode and not seed.stochastic_decode and torch.equal(ids, seed.encode(x).ids)

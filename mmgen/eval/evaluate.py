@@ -94,11 +94,13 @@ def evaluate_digit_pipeline(pipe, judge: DigitJudge, n_per_class: int = 30, batc
 @torch.no_grad()
 def scene_reconstruction_matches(tok, judge: SceneJudge, n: int = 300, batch: int | None = None) -> dict:
     """Judge ``n`` held-out real scenes (seed 997) after a tokenizer round trip: attribute_matches
-    (per-attribute and ``"all"`` boolean arrays). ``batch``: encode/decode in chunks (None = at once)."""
+    (per-attribute and ``"all"`` boolean arrays). ``batch``: encode/decode in chunks (None = at once); a sampling
+    decoder (SEED's renderer) draws from a generator seeded 0."""
     imgs, specs = SceneDataset(n, seed=997).arrays()
     x = to_tensor(imgs)
     step = batch or len(x)
-    rec = torch.cat([tok.decode(tok.encode(x[i:i + step]).ids) for i in range(0, len(x), step)]).clamp(-1, 1)
+    kw = tok.decode_kwargs(torch.Generator().manual_seed(0))
+    rec = torch.cat([tok.decode(tok.encode(x[i:i + step]).ids, **kw) for i in range(0, len(x), step)]).clamp(-1, 1)
     return attribute_matches(judge.predict(rec), specs)
 
 

@@ -39,7 +39,8 @@ def tokenizer_report(tok, n: int = 256, judge=None, batch: int = 64) -> dict:
         t0 = time.perf_counter()
         ids = torch.cat([tok.encode(x[i:i + batch]).ids for i in range(0, n, batch)])
         t1 = time.perf_counter()
-        rec = torch.cat([tok.decode(ids[i:i + batch]) for i in range(0, n, batch)]).clamp(-1, 1)
+        kw = tok.decode_kwargs(torch.Generator().manual_seed(0))  # a sampling decoder: seeded
+        rec = torch.cat([tok.decode(ids[i:i + batch], **kw) for i in range(0, n, batch)]).clamp(-1, 1)
         t2 = time.perf_counter()
         used[ids.flatten()] = True
         out[f"psnr_{name}"] = round(psnr(rec, x), 2)

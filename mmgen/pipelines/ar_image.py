@@ -130,8 +130,7 @@ class ARImagePipeline(DiffusionPipeline):
         if output_type == "latent":
             images = tokens
         else:
-            extra = {"generator": generator} if getattr(self.vq, "stochastic_decode", False) else {}
-            x = self.vq.decode(tokens, **extra)  # (B, 3, H, W) in ~[-1, 1]
+            x = self.vq.decode(tokens, **self.vq.decode_kwargs(generator))  # (B, 3, H, W) in ~[-1, 1]
             images = self.image_processor.postprocess(x.clamp(-1, 1), output_type=output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

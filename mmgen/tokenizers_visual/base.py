@@ -77,6 +77,10 @@ class VisualTokenizerMixin:
     is_continuous: bool = False
     stochastic_decode: bool = False  # True: decode(ids, generator=...) samples
 
+    def decode_kwargs(self, generator) -> dict:
+        """What to pass ``decode`` besides the ids: the ``generator`` when decoding samples, else nothing."""
+        return {"generator": generator} if self.stochastic_decode else {}
+
     @property
     def vocab_size(self) -> int:
         """Number of distinct ids (default: the config's ``codebook_size``)."""

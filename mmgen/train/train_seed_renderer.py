@@ -63,9 +63,14 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
     ap.add_argument("--cache-dir", default="runs/cache")
+    ap.add_argument("--render-guidance", type=float, default=1.5, help="the exported decode's default CFG scale")
+    ap.add_argument("--render-temperature", type=float, default=1.0, help="the exported decode's default temperature")
     ap.add_argument("--renderer-config", type=json.loads, default=None,
                     help="JSON ARTransformer arguments for the renderer (default: the scenes t2i backbone)")
     args = ap.parse_args(argv)
+    if not (args.render_guidance >= 0 and args.render_temperature > 0):
+        raise ValueError(f"--render-guidance must be >= 0 and --render-temperature > 0, got {args.render_guidance} "
+                         f"and {args.render_temperature}")
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
@@ -124,7 +129,8 @@ def main(argv=None):
     def plain(config):  # init arguments only (diffusers' "_use_default_values" would drop new keys)
         return {k: v for k, v in config.items() if not k.startswith("_")}
 
-    out = SEEDTokenizer(**{**plain(seed.config), "renderer": plain(renderer.config)})
+    out = SEEDTokenizer(**{**plain(seed.config), "renderer": plain(renderer.config),
+                           "render_guidance": args.render_guidance, "render_temperature": args.render_temperature})
     missing, unexpected = out.load_state_dict(seed.state_dict(), strict=False)
     if unexpected or any(not k.startswith("render_transformer.") for k in missing):
         raise RuntimeError(f"tokenizer weights do not fit (missing {missing}, unexpected {unexpected})")
