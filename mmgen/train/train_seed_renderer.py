@@ -26,7 +26,7 @@ from tqdm import tqdm
 from ..models import ARTransformer
 from ..records import command_line
 from ..tokenizers_visual import SEEDTokenizer, load_tokenizer
-from .common import (SegmentLog, atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors,
+from .common import (SegmentLog, check_resumable, export_with_metrics, load_trainer_state, optimizer_from_safetensors,
                      restore_rng, save_checkpoint, set_threads)
 from .train_generator import lr_at, scene_data, tokenizer_digest
 
@@ -126,6 +126,7 @@ def main(argv=None):
             save_checkpoint(work, {"renderer": renderer}, opt, step + 1, extra=log.state(step + 1), rng=rng)
         if done:
             break
+
     def plain(config):  # init arguments only (diffusers' "_use_default_values" would drop new keys)
         return {k: v for k, v in config.items() if not k.startswith("_")}
 
@@ -138,13 +139,20 @@ def main(argv=None):
     info = {"steps": step + 1, "batch": args.batch, "final_loss": round(loss.item(), 4), "lr": args.lr,
             "tokenizer": args.tokenizer, "init_from": args.init_from, "num_scenes": args.num_scenes,
             "threads": torch.get_num_threads(), **log.record(step + 1)}
-    with atomic_dir(args.out) as tmp:
-        out.eval().save_pretrained(tmp)
-        src_metrics = Path(args.tokenizer) / "metrics.json"
-        if src_metrics.exists():  # the encoder's own figures travel with it
-            (tmp / "metrics.json").write_text(src_metrics.read_text())
-        (tmp / "renderer_training.json").write_text(json.dumps(info, indent=2))
-    print(json.dumps(info, indent=2))
+    src = Path(args.tokenizer) / "metrics.json"  # the encoder's own training record travels with it
+    if src.exists():
+        info["tokenizer_training"] = {k: v for k, v in json.loads(src.read_text()).items()
+                                      if k in ("steps", "train_seconds", "command", "segments")}
+    export(out, args.out, info)
+
+
+def export(tok: SEEDTokenizer, folder, info: dict) -> None:
+    """Write ``tok`` with its figures (the tokenizer report of the renderer's sampled decode, generator seed 0, and
+    the judge on reconstructed held-out scenes) and the training record ``info`` as metrics.json, atomically."""
+    from ..eval.evaluate import load_judges
+    from ..eval.tokenizer_metrics import tokenizer_report
+
+    export_with_metrics(tok.eval(), folder, {**tokenizer_report(tok, judge=load_judges()[0]), "renderer": info})
 
 
 if __name__ == "__main__":
