@@ -49,11 +49,11 @@ from timm.models.vision_transformer import Block
 from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormerModel
 from vector_quantize_pytorch import VectorQuantize
 
-from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
 from ..decoding.ar import ARDecoder
 from ..decoding.sampling import SamplingConfig
 from ..models.ar_transformer import ARTransformer, Condition
+from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
 from .vq import VQTokenizer
 
 

@@ -1,7 +1,7 @@
 """Train SEED's generative renderer (unCLIP's role) and export the SEED tokenizer with it.
 
     python -m mmgen.train.train_seed_renderer --tokenizer runs/tok-seed-vqitg --init-from assets/scenes-t2i \\
-        --out runs/tok-seed-render --work runs/train_seed_render --steps 3000 --threads 1
+        --out runs/tok-seed-render --work runs/train_seed_render --steps 1800 --threads 1
 
 SEED (Ge et al. 2023) decodes its 32 causal tokens with a *pretrained* diffusion model (Stable unCLIP) that reads
 them as its condition. Here the pretrained image model is the text-to-image AR generator ``--init-from`` (over the
@@ -54,7 +54,7 @@ def main(argv=None):
     ap.add_argument("--init-from", default=None, help="pipeline folder of a raster t2i generator over vision_vq")
     ap.add_argument("--out", required=True, help="where the SEED tokenizer with its renderer is written")
     ap.add_argument("--work", default="runs/train_seed_render")
-    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1800)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--num-scenes", type=int, default=40_000)
