@@ -88,9 +88,9 @@ def test_shipped_family_generators_follow_prompts(judges, name, passes, colour, 
     """The text-to-image generators on TokenFlow's 64 tokens, on Hita's 8 + 64 and on SEED's 32 at their recommended
     settings on the same 40 prompts (one forward pass per token). Measured all / background / shape / colour / size:
     TokenFlow 0.80 / 1.0 / 0.80 / 1.0 / 0.95 (12000 generator steps; held-out 0.805 on 200), Hita 0.45 / 1.0 / 0.475
-    / 0.95 / 0.95 (6000-step tokenizer, 21000-step generator; held-out 0.555), SEED 0.10 / 1.0 / 0.10 / 0.45 / 0.575 (frozen-VQ encoder
+    / 0.95 / 0.95 (6000-step tokenizer, 21000-step generator; held-out 0.555; 0.475 at 16000 steps), SEED 0.10 / 1.0 / 0.10 / 0.45 / 0.575 (frozen-VQ encoder
     with the captioning loss, images drawn by its generative renderer; held-out 0.125; docs/BENCHMARKS.md). Earlier
-    checkpoints fail: TokenFlow 0.40 at 3000 steps (shape 0.40); Hita 0.35 at 10000 generator steps (16000: 0.475), 0.225 on the
+    checkpoints fail: TokenFlow 0.40 at 3000 steps (shape 0.40); Hita 0.35 at 10000 generator steps, 0.225 on the
     3000-step tokenizer (colour 0.85); SEED 0 with its pixel decoder (colour 0.14)."""
     res, _ = _judged_at_recommended(name, judges[0])
     assert res["forward_passes_per_batch"] == passes, res
