@@ -462,7 +462,7 @@ def test_visual_tokenizer_trainer_resumes_exports_and_records_every_run(tmp_path
     assert tok.decode(tok.encode(images(2)).ids).shape == (2, 3, 64, 64)
 
 
-def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path):
+def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path, tiny_pipeline):
     """SEED's generative renderer (unCLIP's role): warm-started from a raster generator over the same frozen VQ
     (all but the condition's input layer and null prefix), trained by its script, exported as the same tokenizer
     (identical ids) whose ``decode`` samples the VQ grid from the passed generator only; bad configs raise."""
@@ -507,13 +507,10 @@ def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path):
     with pytest.raises(ValueError, match="temperature"):
         tok.decode(ids, temperature=0)
     # a pipeline hands its generator to a stochastic tokenizer: same seed, same images
-    from mmgen.models.text import build_text_encoder, build_text_tokenizer
-    from mmgen.data.scenes import caption_vocabulary
-    text_tok = build_text_tokenizer(caption_vocabulary(), 24)
-    enc = randomize(build_text_encoder(len(text_tok), hidden=32, layers=1, heads=2, max_length=24), std=0.05)
     gen = randomize(ARTransformer(vocab_size=64, grid_size=1, grid_width=8, caption_dim=32, prefix_len=24, **small),
-                    std=0.2)
-    pipe = ARImagePipeline(transformer=gen, vq=tok, text_encoder=enc, tokenizer=text_tok)
+                    std=0.2)  # over SEED's 8 ids; the tiny pipeline's text encoder (32-d) and tokenizer
+    pipe = ARImagePipeline(transformer=gen, vq=tok, text_encoder=tiny_pipeline.text_encoder,
+                           tokenizer=tiny_pipeline.tokenizer)
     pipe.set_progress_bar_config(disable=True)
     run = lambda s: pipe("a small red circle on the left, blue background", generator=g(s), output_type="pt").images
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))

@@ -114,6 +114,6 @@ def tokenizer_ceiling(vq, scene_judge: SceneJudge | None = None, digit_judge: Di
         out["scenes_adherence_after_vq"] = round(float(scene_reconstruction_matches(vq, scene_judge, n)["all"].mean()), 4)
     if digit_judge is not None:
         x, y = load_digits_rgb("test")
-        rec = vq.decode(vq.encode(to_tensor(x)).ids).clamp(-1, 1)
+        rec = vq.decode(vq.encode(to_tensor(x)).ids, **vq.decode_kwargs(torch.Generator().manual_seed(0))).clamp(-1, 1)
         out["digits_consistency_after_vq"] = round(float((digit_judge.predict(rec) == y).mean()), 4)
     return out

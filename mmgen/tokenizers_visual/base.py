@@ -71,6 +71,12 @@ class TokenBatch:
     extras: dict = field(default_factory=dict)  # e.g. semantic_features (TokenFlow), generation_embedding (SEED)
 
 
+def init_args(config) -> dict:
+    """A diffusers config's constructor arguments only: its private keys dropped (``_use_default_values`` would
+    make ``from_config`` ignore keys that an older config lacked)."""
+    return {k: v for k, v in config.items() if not k.startswith("_")}
+
+
 class VisualTokenizerMixin:
     """Methods every visual tokenizer provides; concrete classes implement ``_encode_ids``/``_decode_ids``."""
 

@@ -53,7 +53,7 @@ from ..decoding.ar import ARDecoder
 from ..decoding.sampling import SamplingConfig
 from ..models.ar_transformer import ARTransformer, Condition
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, init_args
 from .vq import VQTokenizer
 
 
@@ -198,7 +198,7 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         need = dict(caption_dim=self.config.width, prefix_len=self.config.num_queries,
                     vocab_size=self.vision.vocab_size, grid_size=self.fixed_image_size // self.vision.downsample_factor,
                     grid_width=0, order="raster")
-        config = {k: v for k, v in config.items() if not k.startswith("_")}
+        config = init_args(config)
         bad = {k: (config[k], v) for k, v in need.items() if k in config and config[k] != v}
         if bad:
             raise ValueError(f"renderer config must have {need}; got (given, needed) {bad}")

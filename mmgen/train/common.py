@@ -200,6 +200,14 @@ def resume_or_start(work: str | os.PathLike, name: str, model, make_optimizer):
     return model, opt, state["step"]
 
 
+def adamw(params, lr: float) -> torch.optim.AdamW:
+    """LlamaGen's optimizer: AdamW, betas (0.9, 0.95), weight decay 0.05 on matrices and embeddings only."""
+    params = list(params)
+    return torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05},
+                              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
+                             lr=lr, betas=(0.9, 0.95))
+
+
 def check_resumable(step: int, steps: int, work) -> None:
     """A work folder already at (or past) ``--steps`` has nothing left to train: a clear error, not a re-export."""
     if step >= steps:

@@ -37,8 +37,8 @@ from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
 from ..records import command_line
-from .common import (SegmentLog, atomic_dir, check_resumable, load_trainer_state, optimizer_from_safetensors,
-                     restore_rng, save_checkpoint, set_threads)
+from .common import (SegmentLog, adamw, atomic_dir, check_resumable, load_trainer_state,
+                     optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 
 TEXT_LEN = 24
 PRESETS = {
@@ -194,10 +194,7 @@ def main(argv=None):
         acc.print(f"warm start from {args.init_from}")
     log = SegmentLog(work, step, command_line("python -m mmgen.train.train_generator", argv), started=t_start)
     params = list(model.parameters()) + (list(text_encoder.parameters()) if text_encoder is not None else [])
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = adamw(params, args.lr)
     if step:
         optimizer_from_safetensors(opt, work / "optimizer.safetensors")
     model, opt = acc.prepare(model, opt)

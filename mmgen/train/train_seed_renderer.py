@@ -26,8 +26,9 @@ from tqdm import tqdm
 from ..models import ARTransformer
 from ..records import command_line
 from ..tokenizers_visual import SEEDTokenizer, load_tokenizer
-from .common import (SegmentLog, check_resumable, export_with_metrics, load_trainer_state, optimizer_from_safetensors,
-                     restore_rng, save_checkpoint, set_threads)
+from ..tokenizers_visual.base import init_args
+from .common import (SegmentLog, adamw, check_resumable, export_with_metrics, load_trainer_state,
+                     optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 from .train_generator import lr_at, scene_data, tokenizer_digest
 
 # the renderer's backbone: the scenes text-to-image preset, so a scenes-t2i generator can warm-start it
@@ -96,9 +97,7 @@ def main(argv=None):
             print(f"warm start from {args.init_from}; new: {fresh}")
     log = SegmentLog(work, step, command_line("python -m mmgen.train.train_seed_renderer", argv), started=t_start)
     params = list(renderer.parameters())
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.05},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=args.lr, betas=(0.9, 0.95))
+    opt = adamw(params, args.lr)
     if step:
         optimizer_from_safetensors(opt, work / "optimizer.safetensors")
     g = torch.Generator().manual_seed(args.seed * 1000 + step)
@@ -127,10 +126,7 @@ def main(argv=None):
         if done:
             break
 
-    def plain(config):  # init arguments only (diffusers' "_use_default_values" would drop new keys)
-        return {k: v for k, v in config.items() if not k.startswith("_")}
-
-    out = SEEDTokenizer(**{**plain(seed.config), "renderer": plain(renderer.config),
+    out = SEEDTokenizer(**{**init_args(seed.config), "renderer": init_args(renderer.config),
                            "render_guidance": args.render_guidance, "render_temperature": args.render_temperature})
     missing, unexpected = out.load_state_dict(seed.state_dict(), strict=False)
     if unexpected or any(not k.startswith("render_transformer.") for k in missing):

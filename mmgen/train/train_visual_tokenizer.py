@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
+from ..tokenizers_visual.base import init_args
 from ..records import command_line
 from .common import (SegmentLog, check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
                      resume_or_start, save_checkpoint, set_threads)
@@ -38,7 +39,7 @@ def build_model(kind: str, config: dict, proxy: str | None = None):
     if kind not in ("onedpiece", "seed"):
         raise ValueError(f"--proxy is only used by --kind onedpiece and seed, got --kind {kind}")
     vq = tokenizers_visual.VQTokenizer.from_pretrained(proxy)
-    vq_config = {k: v for k, v in vq.config.items() if not k.startswith("_")}
+    vq_config = init_args(vq.config)
     if kind == "onedpiece":
         model = cls(**config, proxy_vq=vq_config)
         model.proxy.load_state_dict(vq.state_dict())
