@@ -337,3 +337,15 @@ def test_parallel_benchmark_times_extra_models_with_their_own_decoding():
     assert {k: r["forward_passes_b1"] for k, r in rows.items()} == {"ar": 16, "nar": 7, "nbp": 4, "nbp-half": 8}
     assert all(r["forward_passes_b8"] == r["forward_passes_b1"] and r["speedup_b8"] > 0 for r in rows.values())
     assert rows["ar"]["speedup_b1"] == 1.0
+
+
+def test_parallel_benchmark_device_option_is_checked():
+    """``--device``: cpu passes; a device kind other than cpu/cuda, or a CUDA device this machine lacks, is a
+    ValueError naming the option (before any model is loaded)."""
+    bench = load_benchmark("bench_parallel")
+    assert bench.check_device("cpu") == torch.device("cpu")
+    for bad in ("tpu", "cuda:banana", f"cuda:{torch.cuda.device_count() if torch.cuda.is_available() else 0}"):
+        with pytest.raises(ValueError, match="--device"):
+            bench.check_device(bad)
+    with pytest.raises(ValueError, match="--device"):
+        bench.main(["--device", "nope"])
