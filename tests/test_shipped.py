@@ -122,6 +122,18 @@ def test_cli_generate_and_info(tmp_path):
     assert r.returncode == 0 and "scenes-t2i" in json.loads(r.stdout)
 
 
+@pytest.mark.parametrize("decoding,passes", [("nar", 2 * 8 - 1), ("nbp", 8)])
+def test_cli_generate_with_parallel_decoding(tmp_path, decoding, passes):
+    """``--decoding nar|nbp`` on the default digits model runs the shipped sibling generator trained in that order
+    (``assets/digits-c2i-nar`` / ``-nbp``): 2G - 1 and G forward passes for the 8 x 8 grid, an image written."""
+    out = tmp_path / f"{decoding}.png"
+    r = subprocess.run([sys.executable, "-m", "mmgen.cli", "generate", "--class", "5", "--decoding", decoding,
+                        "--out", str(out), "--seed", "2"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert Image.open(out).size == (32, 32)
+    assert json.loads(r.stdout.strip().splitlines()[-1])["stats"]["forward_passes"] == passes
+
+
 @pytest.mark.parametrize("args,msg", [
     (["--class", "12"], "class_labels"),
     (["--prompt", ""], "prompt"),

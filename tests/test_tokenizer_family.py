@@ -64,7 +64,8 @@ def test_contract_shapes_ranges_and_roundtrip(tok, tmp_path):
     assert int(batch.ids.min()) >= 0 and int(batch.ids.max()) < tok.vocab_size
     assert tok.codebook.shape[0] == tok.vocab_size
     out = tok.decode(batch.ids)
-    assert out.shape == x.shape and torch.isfinite(out).all()
+    assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert tok.codebook.dtype == torch.float32 and tok.codebook.ndim == 2
     assert torch.equal(tok.encode(x).ids, batch.ids)  # deterministic in eval
     tok.save_pretrained(tmp_path / "t")
     again = load_tokenizer(tmp_path / "t")
@@ -86,6 +87,26 @@ def test_contract_bad_inputs(tok):
         tok.decode(ids.clone().fill_(tok.vocab_size))
     with pytest.raises(ValueError, match="ids"):
         tok.decode(torch.cat([ids, ids], 1))
+
+
+@pytest.mark.parametrize("cls", list(SMALL), ids=lambda c: c.__name__)
+def test_constructor_refuses_an_image_size_its_grids_do_not_divide(cls):
+    """60 px is divisible by none of the family's strides (8, 16): every class refuses it by name instead of building
+    a model whose decode returns 48 or 56 px images."""
+    for bad in (60, 0, 64.0):
+        with pytest.raises(ValueError, match="image_size"):
+            cls(**SMALL[cls], image_size=bad)
+
+
+def test_tokenflow_refuses_mismatched_grids_and_negative_weights():
+    small = {k: v for k, v in SMALL[TokenFlowTokenizer].items()}
+    with pytest.raises(ValueError, match="patch_size"):
+        TokenFlowTokenizer(**{**small, "patch_size": 16})
+    for bad in ({"w_sem": -1.0}, {"w_sem": 0.0, "w_pix": 0.0}):
+        with pytest.raises(ValueError, match="w_sem and w_pix"):
+            TokenFlowTokenizer(**{**small, **bad})
+    with pytest.raises(ValueError, match="beta"):
+        TokenFlowTokenizer(**{**small, "beta": -0.1})
 
 
 def test_load_tokenizer_rejects_foreign_folders(tmp_path):

@@ -384,7 +384,9 @@ class ARTransformer(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ generator contract
     def cfg_scale_at(self, state: DecodeState, positions: torch.Tensor) -> torch.Tensor:
-        """Guidance scale per predicted token; positions (B, T) of the *predicted* tokens -> (B, T)."""
+        """Guidance scale per predicted token; positions (B, T) of the *predicted* tokens -> (B, T). ``cfg_interval``
+        [lo, hi) is a fraction of the image in raster position (storage order), for every order: for NAR and NBP it
+        selects image rows, not a share of the decoding steps."""
         s = torch.full(positions.shape, float(state.guidance_scale), device=positions.device)
         if state.cfg_interval is not None:
             lo, hi = state.cfg_interval

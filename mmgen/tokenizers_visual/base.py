@@ -13,8 +13,10 @@ Contract (every class in :mod:`mmgen.tokenizers_visual`):
 * ``vocab_size``, ``codebook`` ``(vocab_size, D)``, ``layout_for(image_size)``.
 * ``save_pretrained`` / ``from_pretrained`` (diffusers ``ModelMixin``: config.json + safetensors);
   :func:`load_tokenizer` opens any of them from a folder.
-* ``losses(images, captions=None, generator=None) -> dict`` with ``"loss"``: the training objective
-  (``captions`` label the first ``len(captions)`` images; the rest are unlabeled photo crops).
+* ``losses(images, captions=None, generator=None) -> dict`` with ``"loss"``: the training objective of the family
+  (SEED, TokenFlow, Hita, One-D-Piece; ``captions`` label the first ``len(captions)`` images, the rest are unlabeled
+  photo crops). The VQ tokenizer instead returns ``(reconstruction, ids, commitment)`` from ``forward`` and
+  :mod:`mmgen.train.train_tokenizer` weighs its pixel terms (``--l1``, ``--grad``).
 """
 
 from __future__ import annotations
@@ -69,6 +71,14 @@ class TokenBatch:
     layout: TokenLayout
     latents: torch.Tensor | None = None  # (B, N, D) continuous tokenizers
     extras: dict = field(default_factory=dict)  # e.g. semantic_features (TokenFlow), generation_embedding (SEED)
+
+
+def check_image_size(image_size, **factors: int) -> None:
+    """Constructor check: ``image_size`` is a positive int divisible by every factor (``name=factor``, the name saying
+    which arguments set it), else a ValueError naming both, so a model never builds and then decodes the wrong size."""
+    for name, f in factors.items():
+        if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1 or image_size % f:
+            raise ValueError(f"image_size must be a positive multiple of {name} = {f}, got {image_size!r}")
 
 
 def init_args(config) -> dict:

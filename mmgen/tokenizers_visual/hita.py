@@ -7,8 +7,9 @@ prepended; stage 1 is a bidirectional transformer over [holistic; patches], stag
 separate l2-normalised codebooks (8-d and 12-d, as in Hita's configs). The AR order is holistic
 tokens first, then patch tokens. Before the pixel decoder a lightweight causal fusion transformer
 runs over [holistic codes + slot pos; patch codes + pos], and patch i is read at position
-``num_holistic - shift + i`` (shift 4, as in Hita's code), so it sees every holistic token but only
-patch codes <= i - shift: the decoder must draw global content from the holistic tokens.
+``num_holistic - shift + i`` (shift 4, as in Hita's code), so it sees holistic tokens 0 .. num_holistic - shift + i
+(all of them from patch shift - 1 on) and only patch codes <= i - shift: the decoder must draw global content from
+the holistic tokens.
 
 Deviations (CPU scale): no frozen DINOv2 features in stage 1 (no pretrained model offline), a
 single shared id space (holistic ids in [0, K_h), patch ids in [K_h, K_h + K_p)) instead of two
@@ -28,7 +29,7 @@ from timm.models.vision_transformer import Block
 from vector_quantize_pytorch import VectorQuantize
 
 from ._parts import conv_decoder, conv_encoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 
 
 def _vq(dim: int, size: int) -> VectorQuantize:
@@ -45,6 +46,7 @@ class HitaTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  patch_dim: int = 8, holistic_dim: int = 12, patch_codebook_size: int = 1024,
                  holistic_codebook_size: int = 1024, shift: int = 4):
         super().__init__()
+        check_image_size(image_size, **{"2^len(channels)": 2 ** len(channels)})
         self.grid = image_size // 2 ** len(channels)
         g2, nh = self.grid ** 2, num_holistic
         if not 1 <= shift <= nh:

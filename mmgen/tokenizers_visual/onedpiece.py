@@ -30,7 +30,7 @@ from timm.models.vision_transformer import Block
 from vector_quantize_pytorch import VectorQuantize
 
 from ._parts import conv_decoder, conv_encoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 from .vq import VQTokenizer
 
 
@@ -45,8 +45,7 @@ class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  latent_init_std: float = 0.02):
         super().__init__()
         patch_size = 2 ** len(channels)
-        if image_size % patch_size:
-            raise ValueError(f"image_size ({image_size}) must be divisible by 2^len(channels) = {patch_size}")
+        check_image_size(image_size, **{"2^len(channels)": patch_size})
         self.grid = image_size // patch_size
         g = self.grid ** 2
         self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)

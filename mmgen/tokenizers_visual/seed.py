@@ -53,7 +53,7 @@ from ..decoding.ar import ARDecoder
 from ..decoding.sampling import SamplingConfig
 from ..models.ar_transformer import ARTransformer, Condition
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, init_args
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size, init_args
 from .vq import VQTokenizer
 
 
@@ -76,6 +76,7 @@ class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
         if not (render_guidance >= 0 and render_temperature > 0):
             raise ValueError(f"render_guidance must be >= 0 and render_temperature > 0, got {render_guidance} and "
                              f"{render_temperature}")
+        check_image_size(image_size, patch_size=patch_size, **{"2^len(decoder_channels)": 2 ** len(decoder_channels)})
         g = (image_size // patch_size) ** 2
         # image encoder: (B, 3, S, S) -> (B, G, W)
         self.vision, self.patch_embed = None, None

@@ -32,7 +32,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
 from ._parts import CaptionTower, caption_tokenizer, contrastive_loss, conv_decoder, conv_encoder, pixel_loss
-from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
+from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 
 
 def joint_index(z_sem: torch.Tensor, z_pix: torch.Tensor, e_sem: torch.Tensor, e_pix: torch.Tensor,
@@ -106,8 +106,14 @@ class TokenFlowTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
                  w_pix: float = 1.0, beta: float = 0.25, embed_dim: int = 64, text_vocab_size: int = 0,
                  weights: tuple = (1.0, 1.0, 1.0)):
         super().__init__()
-        if image_size // patch_size != image_size // 2 ** len(pixel_channels):
-            raise ValueError("the semantic patch grid and the pixel encoder grid must match")
+        check_image_size(image_size, patch_size=patch_size, **{"2^len(pixel_channels)": 2 ** len(pixel_channels)})
+        if patch_size != 2 ** len(pixel_channels):
+            raise ValueError(f"patch_size ({patch_size}) must equal 2^len(pixel_channels) ({2 ** len(pixel_channels)}): "
+                             "the semantic patch grid and the pixel encoder grid share one index per cell")
+        if not (w_sem >= 0 and w_pix >= 0 and w_sem + w_pix > 0):
+            raise ValueError(f"w_sem and w_pix must be >= 0 and not both 0, got {w_sem} and {w_pix}")
+        if not beta >= 0:
+            raise ValueError(f"beta must be >= 0, got {beta}")
         self.grid = image_size // patch_size
         g2 = self.grid ** 2
         self.patch_embed = PatchEmbed(image_size, patch_size, 3, width)
