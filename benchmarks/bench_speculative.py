@@ -27,6 +27,7 @@ Per method, on ``--n`` held-out prompts / labels (per-item seeds, the model's re
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import platform
 import statistics
@@ -43,7 +44,7 @@ from mmgen.decoding import SamplingConfig, final_probs
 from mmgen.eval.evaluate import evaluate_digit_pipeline, evaluate_scene_pipeline, load_judges, scene_prompts
 from mmgen.models import Condition
 from mmgen.pipelines import ARImagePipeline
-from mmgen.pipelines.batch import atomic_write_json
+from mmgen.pipelines.batch import atomic_write_bytes, atomic_write_json
 from mmgen.train.common import set_threads
 from mmgen.records import command_line
 
@@ -255,7 +256,9 @@ def plot(files, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    fig.savefig(out, dpi=120, bbox_inches="tight")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    atomic_write_bytes(Path(out), buf.getvalue())  # never a half-written figure over the old one
     print(f"wrote {out}")
 
 
@@ -283,6 +286,8 @@ def main(argv=None):
     args.argv = list(argv if argv is not None else sys.argv[1:])
     if args.timing_prompts < 1 or args.repeats < 1:
         raise ValueError(f"--timing-prompts and --repeats must be >= 1, got {args.timing_prompts}, {args.repeats}")
+    if args.n < 1 or args.eval_batch < 1 or min(args.batches) < 1:
+        raise ValueError(f"--n, --eval-batch and --batches must be >= 1, got {args.n}, {args.eval_batch}, {args.batches}")
     if args.plot:
         plot(args.plot, args.out)
     else:

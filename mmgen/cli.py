@@ -10,10 +10,15 @@ from pathlib import Path
 
 
 def _atomic_save(img, path: Path) -> None:
+    """PNG to ``path`` via a per-process temp file renamed into place (a crash or a second run leaves whole files)."""
+    import io
+
+    from .pipelines.batch import atomic_write_bytes
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def image_grid(images, cols: int | None = None):

@@ -82,6 +82,10 @@ def main(argv=None):
     ap.add_argument("--models", "--only", nargs="+", default=["scenes-t2i", "digits-c2i"],
                     help="shipped pipeline names or folders (text-to-image scenes or class-to-image digits)")
     args = ap.parse_args(argv)
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    if any(not c >= 0 for c in args.cfg_grid):
+        raise ValueError(f"cfg-grid values must be >= 0, got {args.cfg_grid}")
     if any(t <= 0 for t in args.temperature_grid):
         raise ValueError(f"temperature-grid values must be > 0, got {args.temperature_grid}")
     temps = list(dict.fromkeys(args.temperature_grid))

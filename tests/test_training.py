@@ -77,6 +77,32 @@ def test_trainer_argument_checks():
             check_photo_frac(frac, batch)
 
 
+@pytest.mark.parametrize("module,args,msg", [
+    ("train_tokenizer", ["--steps", "0"], "--steps must be >= 1"),
+    ("train_generator", ["--task", "digits", "--lr", "-1"], "--lr must be > 0"),
+    ("train_visual_tokenizer", ["--kind", "hita", "--save-every", "0"], "--save-every must be >= 1"),
+    ("train_seed_renderer", ["--tokenizer", "x", "--init-from", "y", "--max-minutes", "0"], "--max-minutes must be > 0"),
+    ("train_drafter", ["--model", "digits-c2i", "--steps", "0"], "--steps must be >= 1"),
+    ("train_judges", ["--scene-steps", "0"], "--scene-steps must be >= 1"),
+    ("train_tts", ["--corpus", "x", "--tokenizers", "y", "--batch", "0"], "--batch must be >= 1"),
+    ("train_ctc_tokenizer", ["--corpus", "x", "--batch", "0"], "--batch must be >= 1"),
+    ("train_speech_tokenizers", ["--corpus", "x", "--kmeans-frames", "100"], "--kmeans-frames .* --codebook-size"),
+])
+def test_trainers_refuse_bad_numbers_before_writing_anything(tmp_path, module, args, msg):
+    """Every trainer checks its numbers right after parsing: nothing is trained, made or written (a ``--steps 0`` run
+    used to export an untrained model over ``--out``), and the error names the option."""
+    import importlib
+
+    main = importlib.import_module(f"mmgen.train.{module}").main
+    out, work = tmp_path / "out", tmp_path / "work"
+    out.mkdir()
+    (out / "keep.txt").write_text("old")
+    has_work = module not in ("train_drafter", "train_judges")  # these two keep no resumable work folder
+    with pytest.raises(ValueError, match=msg):
+        main([*args, "--out", str(out), *(["--work", str(work)] if has_work else [])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"] and (out / "keep.txt").read_text() == "old"
+
+
 def test_code_cache_key_follows_the_tokenizer_weights(tmp_path):
     from mmgen.tokenizers_visual import VQTokenizer
     from mmgen.train.train_generator import tokenizer_digest

@@ -22,13 +22,19 @@ from .sampling import SamplingConfig
 
 @dataclass
 class DecodeStats:
-    """Same fields for every method. ``accepted_lengths``: tokens committed per forward pass per row."""
+    """Same fields for every method. ``accepted_lengths``: tokens committed per forward pass per row.
+
+    Image decoders: ``wall_time`` spans the decode loop after prefill up to the last committed token (read with
+    :func:`device_clock`), tokenizer decoding excluded. The speech pipeline fills the same object for its whole
+    text -> audio call instead (prefill, decoding and vocoding; streaming: the time spent producing chunks), with
+    ``tokens`` = delayed RVQ steps of the longest row and every row given the batch's steps per forward, so speech
+    figures compare with each other (MCTP k against k = 1), not with image wall times."""
 
     method: str = ""
     forward_passes: int = 0  # generator calls (prefill counts as one)
-    tokens: int = 0  # tokens generated per image
+    tokens: int = 0  # tokens generated per image (speech: delayed steps, the batch's longest row)
     batch_size: int = 1
-    wall_time: float = 0.0  # seconds
+    wall_time: float = 0.0  # seconds; span above
     accepted_lengths: list = field(default_factory=list)
 
     @property

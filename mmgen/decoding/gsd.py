@@ -56,7 +56,7 @@ class GSDDecoder(SJDDecoder):
     def decode(self, generator, state, sampling, rng=None, callback=None):
         emb = self._emb
         if emb is None or emb.shape[0] != state.first_logits.shape[-1]:
-            emb = F.normalize(generator.tok_embeddings.weight.detach().float(), dim=-1)
+            emb = F.normalize(generator.token_embeddings().float(), dim=-1)
         self._emb_now = emb.to(state.first_logits.device)
         return super().decode(generator, state, sampling, rng, callback)
 

@@ -131,7 +131,7 @@ class LanternDecoder(SJDDecoder):
             # no prepare(tokenizer): fall back to the generator's (l2-normalised) token embeddings
             key = id(generator)
             if getattr(self, "_fallback", (None, None))[0] != key:
-                emb = F.normalize(generator.tok_embeddings.weight.detach().float(), dim=-1)
+                emb = F.normalize(generator.token_embeddings().float(), dim=-1)
                 self._fallback = (key, proximity_sets(emb, self.k))
             nbr = self._fallback[1]
         self._nbr_now = nbr.to(state.first_logits.device) if (nbr is not None and self.k > 0) else None

@@ -260,6 +260,11 @@ class ARTransformer(ModelMixin, ConfigMixin):
         """The decoder that matches the training order: "ar" (raster), "nar" or "nbp"."""
         return decoding_for_order(self.order)
 
+    def token_embeddings(self) -> torch.Tensor:
+        """(V, d) input embeddings of the image tokens, detached: the fallback geometry for decoders that group
+        tokens by similarity (GSD, LANTERN) when no tokenizer codebook was given to ``prepare``."""
+        return self.tok_embeddings.weight.detach()
+
     @property
     def capabilities(self) -> frozenset:
         return frozenset({"ar", "speculative"}) if self.order == "raster" else frozenset({self.order})

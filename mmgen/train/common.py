@@ -21,6 +21,31 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+# option (argparse dest) -> smallest allowed value; checked by check_train_args when a trainer has the option
+_AT_LEAST_ONE = ("steps", "batch", "save_every", "scene_steps", "digit_steps", "num_samples", "codebook_size",
+                 "kmeans_frames", "threads")
+_AT_LEAST_ZERO = ("warmup",)
+_ABOVE_ZERO = ("lr", "max_minutes")  # max_minutes: None = no limit
+
+
+def check_train_args(args) -> None:
+    """Validate a trainer's parsed options up front, before any data is made or any file is written (a ``--steps 0``
+    run would otherwise export an untrained model over ``--out``): a ValueError naming the option and its range."""
+    def bad(name, rule, v):
+        raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {v!r}")
+
+    for name in _AT_LEAST_ONE + _AT_LEAST_ZERO + _ABOVE_ZERO:
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        if name in _AT_LEAST_ONE and not v >= 1:
+            bad(name, ">= 1", v)
+        if name in _AT_LEAST_ZERO and not v >= 0:
+            bad(name, ">= 0", v)
+        if name in _ABOVE_ZERO and not v > 0:  # also refuses NaN
+            bad(name, "> 0" + (" (leave it out for no limit)" if name == "max_minutes" else ""), v)
+
+
 def set_threads(n: int | None = None) -> int:
     """Set torch's intra-op threads explicitly (default: ``MMGEN_THREADS`` or 1) and return it."""
     n = int(os.environ.get("MMGEN_THREADS", 1) if n is None else n)

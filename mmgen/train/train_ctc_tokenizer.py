@@ -21,7 +21,7 @@ from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
 from ..records import command_line
-from .common import (SegmentLog, check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
+from .common import (check_train_args, SegmentLog, check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
                      save_checkpoint, set_threads)
 
 
@@ -43,6 +43,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=400)
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())

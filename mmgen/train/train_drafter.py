@@ -32,7 +32,7 @@ from ..decoding import SamplingConfig, get_decoder
 from ..models import Condition
 from ..models.drafter import Drafter, generator_features
 from ..records import command_line
-from .common import atomic_dir, set_threads
+from .common import check_train_args, atomic_dir, set_threads
 
 
 @torch.no_grad()
@@ -75,6 +75,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()

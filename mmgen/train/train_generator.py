@@ -37,7 +37,7 @@ from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
 from ..records import command_line
-from .common import (SegmentLog, adamw, atomic_dir, check_resumable, load_trainer_state,
+from .common import (check_train_args, SegmentLog, adamw, atomic_dir, check_resumable, load_trainer_state,
                      optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 
 TEXT_LEN = 24
@@ -162,6 +162,7 @@ def main(argv=None):
                          "the raster assets/scenes-t2i for a NAR / NBP run); its transformer and text encoder "
                          "weights are loaded before step 0, the new order's extra parameters keep their init")
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     suffix = "" if args.order == "raster" else f"_{args.order}"

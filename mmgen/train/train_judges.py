@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data import SceneDataset, load_digits_rgb, to_tensor
 from ..eval.judges import DigitJudge, SceneJudge, attribute_matches
 from ..records import command_line
-from .common import atomic_dir, set_threads
+from .common import check_train_args, atomic_dir, set_threads
 
 
 def _augment(x: torch.Tensor, g: torch.Generator, shift: int) -> torch.Tensor:
@@ -98,6 +98,7 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     t0 = time.time()
     digit = train_digit_judge(args.digit_steps, args.batch, args.seed)

@@ -27,7 +27,7 @@ from ..models import ARTransformer
 from ..records import command_line
 from ..tokenizers_visual import SEEDTokenizer, load_tokenizer
 from ..tokenizers_visual.base import init_args
-from .common import (SegmentLog, adamw, check_resumable, export_with_metrics, load_trainer_state,
+from .common import (check_train_args, SegmentLog, adamw, check_resumable, export_with_metrics, load_trainer_state,
                      optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 from .train_generator import lr_at, scene_data, tokenizer_digest
 
@@ -69,6 +69,7 @@ def main(argv=None):
     ap.add_argument("--renderer-config", type=json.loads, default=None,
                     help="JSON ARTransformer arguments for the renderer (default: the scenes t2i backbone)")
     args = ap.parse_args(argv)
+    check_train_args(args)
     if not (args.render_guidance >= 0 and args.render_temperature > 0):
         raise ValueError(f"--render-guidance must be >= 0 and --render-temperature > 0, got {args.render_guidance} "
                          f"and {args.render_temperature}")

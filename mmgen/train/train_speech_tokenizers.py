@@ -26,7 +26,7 @@ from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
 from ..records import command_line
-from .common import (SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+from .common import (check_train_args, SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
                      save_checkpoint, set_threads)
 
 
@@ -90,6 +90,10 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--save-every", type=int, default=500)
     args = ap.parse_args(argv)
+    check_train_args(args)
+    if args.kmeans_frames < args.codebook_size:  # k-means runs after the codec: refuse before training it
+        raise ValueError(f"--kmeans-frames ({args.kmeans_frames}) must be >= --codebook-size ({args.codebook_size}): "
+                         "k-means needs at least one frame per centroid")
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())

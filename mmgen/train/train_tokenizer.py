@@ -24,7 +24,7 @@ from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
 from ..records import command_line
-from .common import (SegmentLog, atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
+from .common import (check_train_args, SegmentLog, atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
                      optimizer_from_safetensors, save_checkpoint, set_threads)
 
 
@@ -76,6 +76,7 @@ def main(argv=None):
     ap.add_argument("--local-context", type=int, default=0,
                     help="with --local-encoder: 3x3 convolutions at token level (each widens the window by 8 pixels)")
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     n_photo = check_photo_frac(args.photo_frac, args.batch)
     torch.manual_seed(args.seed)

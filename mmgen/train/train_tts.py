@@ -33,7 +33,7 @@ from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
 from ..records import command_line
-from .common import (SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+from .common import (check_train_args, SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
                      save_checkpoint, set_threads)
 
 
@@ -101,6 +101,7 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop early (and export) after this long")
     args = ap.parse_args(argv)
+    check_train_args(args)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     acc = Accelerator(cpu=not torch.cuda.is_available())

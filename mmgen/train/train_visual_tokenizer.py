@@ -24,7 +24,7 @@ from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
 from ..tokenizers_visual.base import init_args
 from ..records import command_line
-from .common import (SegmentLog, check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
+from .common import (check_train_args, SegmentLog, check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
                      resume_or_start, save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
@@ -68,8 +68,7 @@ def main(argv=None):
                                                   "learns to predict its codes (TiTok's proxy-code stage); seed: the "
                                                   "Q-Former reads its code grid (SEED's frozen image encoder)")
     args = ap.parse_args(argv)
-    if args.steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    check_train_args(args)
     n_photo = check_photo_frac(args.photo_frac, args.batch)
     set_threads(args.threads)
     torch.manual_seed(args.seed)
