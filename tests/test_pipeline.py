@@ -95,3 +95,20 @@ def test_missing_checkpoint_folder(tmp_path):
 
     with pytest.raises(ValueError, match="model"):
         model_path(str(tmp_path / "nope"))
+
+
+def test_pickled_weights_are_refused_not_unpickled(tiny_pipeline, tmp_path):
+    """A pipeline (or one model) saved as pickle-based ``.bin`` files does not load: weights come from safetensors
+    only, every component included; asking for ``use_safetensors=False`` is a ValueError."""
+    from mmgen.models import ARTransformer
+
+    tiny_pipeline.save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    assert (tmp_path / "pickled" / "transformer" / "diffusion_pytorch_model.bin").exists()
+    with pytest.raises(OSError, match="safetensors"):
+        ARImagePipeline.from_pretrained(tmp_path / "pickled")
+    with pytest.raises(OSError, match="safetensors"):
+        ARTransformer.from_pretrained(tmp_path / "pickled" / "transformer")
+    with pytest.raises(ValueError, match="safetensors only"):
+        ARTransformer.from_pretrained(tmp_path / "pickled" / "transformer", use_safetensors=False)
+    tiny_pipeline.save_pretrained(tmp_path / "safe")
+    ARImagePipeline.from_pretrained(tmp_path / "safe")  # the default format loads

@@ -25,6 +25,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..safetensors_only import SafetensorsOnly
 from .features import MelConfig, check_waveform, log_mel, vocode
 
 
@@ -46,7 +47,7 @@ def conv_stack(c_in: int, c_hidden: int, c_out: int, dilations=DILATIONS) -> nn.
                          nn.GELU(), nn.Conv1d(c_hidden, c_out, 1))
 
 
-class MelRVQCodec(ModelMixin, ConfigMixin):
+class MelRVQCodec(SafetensorsOnly, ModelMixin, ConfigMixin):
     """Residual-VQ codec over log-mel frames; see the module docstring. ``encode``/``decode`` are the contract."""
 
     @register_to_config

@@ -24,6 +24,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..safetensors_only import SafetensorsOnly
 from .codec import MelRVQCodec, ResBlock1d
 from .corpus import ALPHABET
 from .features import MelConfig, check_waveform, log_mel
@@ -31,7 +32,7 @@ from .features import MelConfig, check_waveform, log_mel
 BLANK = 0  # CTC blank; character c has id ALPHABET.index(c) + 1
 
 
-class CTCSpeechTokenizer(ModelMixin, ConfigMixin):
+class CTCSpeechTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin):
     """Semantic speech tokens trained with a CTC text objective (see the module docstring)."""
 
     @register_to_config

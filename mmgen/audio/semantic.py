@@ -19,6 +19,7 @@ import torch
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..safetensors_only import SafetensorsOnly
 from .features import MelConfig, check_waveform, log_mel, vocode
 
 
@@ -51,7 +52,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int = 25, generator: torch.Generator 
     return c
 
 
-class KMeansSpeechTokenizer(ModelMixin, ConfigMixin):
+class KMeansSpeechTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin):
     """One token per log-mel frame: the nearest of K centroids of standardised log-mel frames."""
 
     @register_to_config

@@ -16,6 +16,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ..data.scenes import BACKGROUNDS, COLORS, SHAPES, SIZES, SLOTS, SceneSpec
+from ..safetensors_only import SafetensorsOnly
 
 
 def _cnn(widths: tuple) -> nn.Sequential:
@@ -27,7 +28,7 @@ def _cnn(widths: tuple) -> nn.Sequential:
     return nn.Sequential(*layers, nn.Flatten())
 
 
-class SceneJudge(ModelMixin, ConfigMixin):
+class SceneJudge(SafetensorsOnly, ModelMixin, ConfigMixin):
     """CNN over (B, 3, 64, 64) in [-1, 1] -> attribute logits; heads per slot keep it compositional."""
 
     @register_to_config
@@ -75,7 +76,7 @@ def attribute_matches(pred: dict[str, np.ndarray], specs: list[SceneSpec]) -> di
     return out
 
 
-class DigitJudge(ModelMixin, ConfigMixin):
+class DigitJudge(SafetensorsOnly, ModelMixin, ConfigMixin):
     """CNN digit classifier over (B, 3, 32, 32) in [-1, 1]."""
 
     @register_to_config

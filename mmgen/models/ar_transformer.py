@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..safetensors_only import SafetensorsOnly
 from .attention import attention
 from .rope import apply_rope, rope_2d_table
 
@@ -134,7 +135,7 @@ def decoding_for_order(order: str) -> str:
     return "ar" if order == "raster" else order
 
 
-class ARTransformer(ModelMixin, ConfigMixin):
+class ARTransformer(SafetensorsOnly, ModelMixin, ConfigMixin):
     """LlamaGen GPT. ``num_classes > 0``: class-to-image; ``caption_dim > 0``: text-to-image.
 
     ``order`` picks the generation order (storage and RoPE stay raster; only the mask, the

@@ -25,6 +25,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..safetensors_only import SafetensorsOnly
 from .ar_transformer import Block, Condition, RMSNorm
 
 
@@ -39,7 +40,7 @@ class DrafterState:
         return self.k.shape[2]
 
 
-class Drafter(ModelMixin, ConfigMixin):
+class Drafter(SafetensorsOnly, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, dim: int = 256, n_heads: int = 8, vocab_size: int = 1024, norm_eps: float = 1e-5):
         super().__init__()

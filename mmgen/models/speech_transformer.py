@@ -38,6 +38,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
 from ..decoding.sampling import multinomial
+from ..safetensors_only import SafetensorsOnly
 from .ar_transformer import Block, RMSNorm, ffn_hidden
 from .rope import rope_1d_table
 
@@ -86,7 +87,7 @@ class SpeechGeneration:
     steps_per_forward: list = field(default_factory=list)
 
 
-class SpeechTransformer(ModelMixin, ConfigMixin):
+class SpeechTransformer(SafetensorsOnly, ModelMixin, ConfigMixin):
     """Decoder-only TTS over delay-pattern RVQ tokens with optional MCTP modules (see module docstring)."""
 
     @register_to_config

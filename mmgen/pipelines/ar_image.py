@@ -23,6 +23,7 @@ from ..decoding import DecodeStats, SamplingConfig, get_decoder
 from ..decoding.sampling import is_finite_number
 from ..models import Condition
 from ..models.text import encode_prompts
+from ..safetensors_only import SafetensorsOnly
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -36,7 +37,7 @@ class ARImagePipelineOutput(BaseOutput):
     stats: DecodeStats
 
 
-class ARImagePipeline(DiffusionPipeline):
+class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
     """condition -> ``transformer.prefill`` -> decoder (AR or an accelerator) -> ``vq.decode`` -> images."""
 
     model_cpu_offload_seq = "text_encoder->transformer->vq"

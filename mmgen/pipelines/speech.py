@@ -28,6 +28,7 @@ from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats, device_clock
 from ..decoding.sampling import is_count, is_finite_number
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
+from ..safetensors_only import SafetensorsOnly
 
 # frames per streamed audio chunk (0.512 s), look-ahead, and the shorter chunk [head, 8) that needs only
 # 8 + 8 + codec radius frames instead of 32 + 8 + radius. Before it, the "head" piece: the frames of the
@@ -97,7 +98,7 @@ def semantic_to_ids(tokens: list, max_len: int) -> torch.Tensor:
     return ids
 
 
-class SpeechPipeline(DiffusionPipeline):
+class SpeechPipeline(SafetensorsOnly, DiffusionPipeline):
     """Components: ``transformer`` (:class:`SpeechTransformer`) and ``codec`` (:class:`MelRVQCodec`)."""
 
     model_cpu_offload_seq = "transformer->codec"

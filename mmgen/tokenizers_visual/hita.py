@@ -28,6 +28,7 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from vector_quantize_pytorch import VectorQuantize
 
+from ..safetensors_only import SafetensorsOnly
 from ._parts import conv_decoder, conv_encoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 
@@ -37,7 +38,7 @@ def _vq(dim: int, size: int) -> VectorQuantize:
                           decay=0.9, commitment_weight=0.25, threshold_ema_dead_code=2.0)
 
 
-class HitaTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+class HitaTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """encode: (B, 3, S, S) -> ids (B, n_h + g*g) = [holistic ids; patch ids + K_h]; decode: the inverse."""
 
     @register_to_config

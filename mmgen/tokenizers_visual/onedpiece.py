@@ -29,12 +29,13 @@ from einops import rearrange
 from timm.models.vision_transformer import Block
 from vector_quantize_pytorch import VectorQuantize
 
+from ..safetensors_only import SafetensorsOnly
 from ._parts import conv_decoder, conv_encoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 from .vq import VQTokenizer
 
 
-class OneDPieceTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """encode: (B, 3, S, S) -> ids (B, K), sequence layout; decode(ids[, length]) -> (B, 3, S, S)."""
 
     @register_to_config

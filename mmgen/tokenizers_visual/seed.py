@@ -52,12 +52,13 @@ from vector_quantize_pytorch import VectorQuantize
 from ..decoding.ar import ARDecoder
 from ..decoding.sampling import SamplingConfig
 from ..models.ar_transformer import ARTransformer, Condition
+from ..safetensors_only import SafetensorsOnly
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size, init_args
 from .vq import VQTokenizer
 
 
-class SEEDTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+class SEEDTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """encode: (B, 3, S, S) -> ids (B, Q) causal sequence; decode: ids (B, Q) -> (B, 3, S, S)."""
 
     is_causal = True

@@ -31,6 +31,7 @@ from einops import rearrange
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 
+from ..safetensors_only import SafetensorsOnly
 from ._parts import CaptionTower, caption_tokenizer, contrastive_loss, conv_decoder, conv_encoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 
@@ -96,7 +97,7 @@ class DualCodebook(nn.Module):
         return q[:, :z_sem.shape[1]], q[:, z_sem.shape[1]:], ids, loss
 
 
-class TokenFlowTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+class TokenFlowTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """encode: (B, 3, S, S) -> ids (B, g*g) raster grid addressing both codebooks; decode from the pixel side."""
 
     @register_to_config

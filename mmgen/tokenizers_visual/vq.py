@@ -22,6 +22,7 @@ from diffusers.configuration_utils import register_to_config
 from einops import rearrange
 from vector_quantize_pytorch import VectorQuantize
 
+from ..safetensors_only import SafetensorsOnly
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin
 
 
@@ -40,7 +41,7 @@ class ResBlock(nn.Module):
         return self.skip(x) + self.block(x)
 
 
-class VQTokenizer(ModelMixin, ConfigMixin, VisualTokenizerMixin):
+class VQTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """Conv VQ autoencoder with an l2-normalised codebook.
 
     encode: (B, 3, H, W) in [-1, 1] -> TokenBatch(ids (B, (H/4)*(W/4)), grid layout, raster order)

@@ -126,7 +126,7 @@ def warm_start(model: ARTransformer, text_encoder, folder: Path, vq):
     if text_encoder is None:
         return None
     from transformers import BertModel
-    return BertModel.from_pretrained(folder / "text_encoder")
+    return BertModel.from_pretrained(folder / "text_encoder", use_safetensors=True)
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 100) -> float:
@@ -188,7 +188,7 @@ def main(argv=None):
         model = ARTransformer.from_pretrained(work / "transformer")
         if text_encoder is not None:
             from transformers import BertModel
-            text_encoder = BertModel.from_pretrained(work / "text_encoder")
+            text_encoder = BertModel.from_pretrained(work / "text_encoder", use_safetensors=True)
         acc.print(f"resuming from step {step}")
     elif args.init_from:
         text_encoder = warm_start(model, text_encoder, Path(args.init_from), vq)
