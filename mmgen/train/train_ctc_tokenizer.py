@@ -21,8 +21,8 @@ from ..audio.corpus import ALPHABET, load_corpus
 from ..audio.dual import CTCSpeechTokenizer
 from ..audio.features import MelConfig, log_mel
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, check_resumable, cosine_lr, data_stream, export_with_metrics, resume_or_start,
-                     save_checkpoint, set_threads)
+from .common import (SegmentLog, check_resumable, check_train_args, cosine_lr, data_stream, export_with_metrics,
+                     resume_or_start, save_checkpoint, set_threads)
 
 
 def char_error_rate(refs: list[str], hyps: list[str]) -> float:

@@ -32,7 +32,7 @@ from ..decoding import SamplingConfig, get_decoder
 from ..models import Condition
 from ..models.drafter import Drafter, generator_features
 from ..records import command_line
-from .common import check_train_args, atomic_dir, set_threads
+from .common import atomic_dir, check_train_args, set_threads
 
 
 @torch.no_grad()

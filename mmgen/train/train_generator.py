@@ -37,7 +37,7 @@ from ..models import ARTransformer, Condition
 from ..models.text import build_text_encoder, build_text_tokenizer, encode_prompts
 from ..tokenizers_visual import VQTokenizer, load_tokenizer
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, adamw, atomic_dir, check_resumable, load_trainer_state,
+from .common import (SegmentLog, adamw, atomic_dir, check_resumable, check_train_args, load_trainer_state,
                      optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 
 TEXT_LEN = 24

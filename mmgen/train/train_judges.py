@@ -22,7 +22,7 @@ from tqdm import tqdm
 from ..data import SceneDataset, load_digits_rgb, to_tensor
 from ..eval.judges import DigitJudge, SceneJudge, attribute_matches
 from ..records import command_line
-from .common import check_train_args, atomic_dir, set_threads
+from .common import atomic_dir, check_train_args, set_threads
 
 
 def _augment(x: torch.Tensor, g: torch.Generator, shift: int) -> torch.Tensor:

@@ -27,7 +27,7 @@ from ..models import ARTransformer
 from ..records import command_line
 from ..tokenizers_visual import SEEDTokenizer, load_tokenizer
 from ..tokenizers_visual.base import init_args
-from .common import (check_train_args, SegmentLog, adamw, check_resumable, export_with_metrics, load_trainer_state,
+from .common import (SegmentLog, adamw, check_resumable, check_train_args, export_with_metrics, load_trainer_state,
                      optimizer_from_safetensors, restore_rng, save_checkpoint, set_threads)
 from .train_generator import lr_at, scene_data, tokenizer_digest
 

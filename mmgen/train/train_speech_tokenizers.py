@@ -26,7 +26,7 @@ from ..audio.corpus import load_corpus
 from ..audio.features import MelConfig, log_mel
 from ..audio.semantic import KMeansSpeechTokenizer
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+from .common import (SegmentLog, atomic_dir, check_resumable, check_train_args, cosine_lr, data_stream, resume_or_start,
                      save_checkpoint, set_threads)
 
 

@@ -24,8 +24,8 @@ from ..data import SceneDataset, load_digits_rgb, photo_crops, to_tensor
 from ..eval.metrics import psnr
 from ..tokenizers_visual import VQTokenizer
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, atomic_dir, check_photo_frac, check_resumable, data_stream, load_trainer_state,
-                     optimizer_from_safetensors, save_checkpoint, set_threads)
+from .common import (SegmentLog, atomic_dir, check_photo_frac, check_resumable, check_train_args, data_stream,
+                     load_trainer_state, optimizer_from_safetensors, save_checkpoint, set_threads)
 
 
 def evaluate_tokenizer(vq: VQTokenizer, n: int = 256) -> dict:

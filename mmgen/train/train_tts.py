@@ -33,7 +33,7 @@ from ..audio.features import log_mel
 from ..models.speech_transformer import SpeechTransformer
 from ..pipelines.speech import DualTokenSpeechPipeline, SpeechPipeline, semantic_to_ids, text_to_ids
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, atomic_dir, check_resumable, cosine_lr, data_stream, resume_or_start,
+from .common import (SegmentLog, atomic_dir, check_resumable, check_train_args, cosine_lr, data_stream, resume_or_start,
                      save_checkpoint, set_threads)
 
 

@@ -24,8 +24,8 @@ from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
 from ..tokenizers_visual.base import init_args
 from ..records import command_line
-from .common import (check_train_args, SegmentLog, check_photo_frac, check_resumable, cosine_lr, data_stream, export_with_metrics,
-                     resume_or_start, save_checkpoint, set_threads)
+from .common import (SegmentLog, check_photo_frac, check_resumable, check_train_args, cosine_lr, data_stream,
+                     export_with_metrics, resume_or_start, save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
