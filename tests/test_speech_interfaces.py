@@ -300,3 +300,18 @@ def test_speech_stats_count_accepted_lengths_per_row_like_the_image_decoders(pip
     out = pipe([TEXT, TEXT], mctp=3, max_seconds=0.3)
     assert len(out.stats.accepted_lengths) == 2 * out.stats.forward_passes  # one entry per row per backbone pass
     assert sum(out.stats.accepted_lengths) == 2 * out.stats.tokens
+
+
+def test_speech_stats_stop_counting_a_row_at_its_own_end():
+    """A row of F frames takes F + M delayed steps; the forced END steps it takes while a longer batch mate goes on
+    are not accepted tokens (as SJD / LANTERN leave finished rows out), so each row's entries sum to its own steps."""
+    from mmgen.models.speech_transformer import SpeechGeneration
+    from mmgen.pipelines.speech import row_steps_per_forward
+
+    m = 2
+    gen = SpeechGeneration(codes=[torch.zeros(m, 3, dtype=torch.long), torch.zeros(m, 7, dtype=torch.long)],
+                           steps=torch.zeros(2, 9, m, dtype=torch.long), forward_passes=4, steps_per_forward=[3, 3, 3])
+    assert row_steps_per_forward(gen, m) == [3, 2, 3, 3, 3]  # rows end after 5 and 9 steps
+    capped = SpeechGeneration(codes=[torch.zeros(m, 9, dtype=torch.long)], steps=torch.zeros(1, 9, m, dtype=torch.long),
+                              forward_passes=4, steps_per_forward=[3, 3, 3])  # max_steps reached before END
+    assert row_steps_per_forward(capped, m) == [3, 3, 3]

@@ -27,8 +27,8 @@ class DecodeStats:
     Image decoders: ``wall_time`` spans the decode loop after prefill up to the last committed token (read with
     :func:`device_clock`), tokenizer decoding excluded. The speech pipeline fills the same object for its whole
     text -> audio call instead (prefill, decoding and vocoding; streaming: the time spent producing chunks), with
-    ``tokens`` = delayed RVQ steps of the longest row and every row given the batch's steps per forward, so speech
-    figures compare with each other (MCTP k against k = 1), not with image wall times."""
+    ``tokens`` = delayed RVQ steps of the longest row and ``accepted_lengths`` each row's steps per forward up to
+    its own end, so speech figures compare with each other (MCTP k against k = 1), not with image wall times."""
 
     method: str = ""
     forward_passes: int = 0  # generator calls (prefill counts as one)

@@ -98,6 +98,21 @@ def semantic_to_ids(tokens: list, max_len: int) -> torch.Tensor:
     return ids
 
 
+def row_steps_per_forward(gen, num_quantizers: int) -> list[int]:
+    """Steps each row committed per forward pass (``DecodeStats.accepted_lengths``), up to its own end: a row with F
+    frames needs F + M delayed steps (level 0's END, then the M - 1 delayed levels), so the forced END/PAD steps a
+    finished row takes while its batch mates go on do not count, as SJD and LANTERN leave finished rows out."""
+    total, out = gen.steps.shape[1], []
+    for codes in gen.codes:  # (M, F) per row
+        left = min(codes.shape[1] + num_quantizers, total)
+        for n in gen.steps_per_forward:
+            if left <= 0:
+                break
+            out.append(min(n, left))
+            left -= out[-1]
+    return out
+
+
 class SpeechPipeline(SafetensorsOnly, DiffusionPipeline):
     """Components: ``transformer`` (:class:`SpeechTransformer`) and ``codec`` (:class:`MelRVQCodec`)."""
 
@@ -162,7 +177,7 @@ class SpeechPipeline(SafetensorsOnly, DiffusionPipeline):
         waves = [vocode_codes(self.codec, c, head) if c.shape[1] else torch.zeros(0) for c in gen.codes]
         stats = DecodeStats(method=f"mctp{mctp or self.transformer.config.mctp}", forward_passes=gen.forward_passes,
                             tokens=gen.steps.shape[1], batch_size=ids.shape[0], wall_time=device_clock(ids.device) - t0,
-                            accepted_lengths=[n for n in gen.steps_per_forward for _ in range(ids.shape[0])])  # per row
+                            accepted_lengths=row_steps_per_forward(gen, self.transformer.config.num_quantizers))
         lengths = [int(w.numel()) for w in waves]
         audios = torch.zeros(len(waves), 1, max(lengths + [1]))
         for i, w in enumerate(waves):
