@@ -53,8 +53,9 @@ def test_onedpiece_quality_does_not_fall_with_length():
     x = torch.cat([to_tensor(SceneDataset(48, seed=999).arrays()[0]), to_tensor(photo_crops(48, seed=123))])
     with torch.no_grad():
         ids = tok.encode(x).ids
-        curve = [psnr(tok.decode(ids, length=k).clamp(-1, 1), x) for k in (1, 2, 4, 8, 16, 32)]
-    assert all(b >= a - 0.15 for a, b in zip(curve, curve[1:])), curve  # non-decreasing (0.15 dB slack)
+        curve = [psnr(tok.decode(ids, length=k).clamp(-1, 1), x) for k in range(1, tok.config.num_latent_tokens + 1)]
+    # every prefix length, each at most 0.15 dB below the best shorter prefix (measured worst: -0.013 dB)
+    assert all(b >= max(curve[:i + 1]) - 0.15 for i, b in enumerate(curve[1:])), curve
     # measured 18.15 dB (scenes) / 17.2 dB (photos) at 32 tokens. The aim, quality that grows with
     # length, is NOT met by this checkpoint: the curve is nearly flat (+0.65 dB on photos, none on scenes),
     # see docs/BENCHMARKS.md; so no gain is asserted here.
