@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -77,6 +78,8 @@ def test_read_items_sources_and_seeds(tmp_path):
         '{"prompt": "x"\n': "not valid JSON",
         '{"prompt": "  "}\n': "prompt of item 0",
         '{"class_label": 1.5}\n': "class_label of item 0",
+        '{"class_label": 1, "seed": 18446744073709551616}\n': r"seed of item 0 must be an integer in \[0, 2\*\*63 - 1\]",
+        '{"class_label": 1, "seed": -1}\n': "seed of item 0",
     }
     for text, msg in bad.items():
         jl.write_text(text)
@@ -106,7 +109,12 @@ def test_bad_settings_raise_value_error_naming_the_argument(t2i_dir, c2i_dir, tm
         with pytest.raises(ValueError, match=msg):
             run_batch(out_dir=tmp_path / "o", progress=False, **kw)
     assert not list((tmp_path / "o").glob("*.png"))
-    run_batch(prompts, tmp_path / "o", t2i_dir, progress=False)
+    from mmgen.pipelines.batch import json_settings
+
+    with pytest.raises(ValueError, match="decoding_options"):  # a value JSON cannot hold, named before any work
+        json_settings({"decoding_options": {"window": object()}})
+    run_batch(prompts, tmp_path / "o", t2i_dir, top_k=np.int64(0), temperature=np.float32(1.0), progress=False)
+    assert json.loads((tmp_path / "o" / "metadata.jsonl").read_text().splitlines()[0])["top_k"] == 0  # numpy in, JSON out
     with pytest.raises(ValueError, match="out_dir .* different settings"):  # resuming with other settings
         run_batch(prompts, tmp_path / "o", t2i_dir, top_k=5, progress=False)
 

@@ -75,7 +75,18 @@ def test_callback_called_each_step_and_can_edit_tokens(tiny_pipeline):
     ({"prompt": ""}, "prompt"),
     ({"prompt": " ".join(["red"] * 30)}, "too long"),
     ({"prompt": [PROMPT, " ".join(["red"] * 30)]}, "prompt is too long: 30 tokens"),  # a long one among short ones
-    ({"prompt": PROMPT, "guidance_scale": float("inf")}, "guidance_scale must be a finite number"),
+    ({"prompt": PROMPT, "guidance_scale": float("inf")}, r"guidance_scale must be a number in \[0, 1000\]"),
+    ({"prompt": PROMPT, "guidance_scale": 1e308}, "guidance_scale"),  # overflowed the CFG mix in torch before
+    ({"prompt": PROMPT, "temperature": 1e-300}, r"temperature must be a number in \[0.0001, 10000\]"),
+    ({"prompt": 5}, "prompt must be a string"),
+    ({"prompt": PROMPT, "cfg_interval": (0.5,)}, "cfg_interval must be a pair"),
+    ({"prompt": PROMPT, "cfg_interval": 0.5}, "cfg_interval must be a pair"),
+    ({"prompt": PROMPT, "num_images_per_prompt": True}, "num_images_per_prompt"),
+    ({"prompt": PROMPT, "callback_on_step_end": lambda p, s, t, kw: kw["tokens"]}, "must return a dict"),
+    ({"prompt": PROMPT, "callback_on_step_end": lambda p, s, t, kw: {"tokens": kw["tokens"][:, :0]}},
+     "callback_on_step_end's 'tokens' must be integer ids of shape"),
+    ({"prompt": PROMPT, "callback_on_step_end": lambda p, s, t, kw: {"tokens": kw["tokens"] + 10 ** 6}},
+     "callback_on_step_end's 'tokens'"),
     ({"prompt": PROMPT, "guidance_scale": None}, "guidance_scale"),
     ({"prompt": PROMPT, "guidance_scale": -1.0}, "guidance_scale"),
     ({"prompt": PROMPT, "top_p": 0.0}, "top_p"),
@@ -112,3 +123,20 @@ def test_pickled_weights_are_refused_not_unpickled(tiny_pipeline, tmp_path):
         ARTransformer.from_pretrained(tmp_path / "pickled" / "transformer", use_safetensors=False)
     tiny_pipeline.save_pretrained(tmp_path / "safe")
     ARImagePipeline.from_pretrained(tmp_path / "safe")  # the default format loads
+
+
+def test_class_labels_take_ints_only():
+    """Ints, lists, numpy and 0/1-d integer tensors are class labels; bools, strings, None and floats are refused by
+    name (``True`` used to become class 1, a 0-d tensor a TypeError)."""
+    from mmgen.assets import model_path
+
+    pipe = ARImagePipeline.from_pretrained(model_path("digits-c2i"))
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(output_type="latent", generator=torch.Generator().manual_seed(0), do_sample=False)
+    ref = pipe(class_labels=[3, 4], **kw).tokens
+    for labels in (np.array([3, 4]), torch.tensor([3, 4]), [np.int64(3), 4]):
+        assert torch.equal(pipe(class_labels=labels, **kw).tokens, ref)
+    assert torch.equal(pipe(class_labels=torch.tensor(3), **kw).tokens, ref[:1])
+    for bad in (True, ["3"], [None], [3.0], torch.tensor([3.0]), []):
+        with pytest.raises(ValueError, match="class_labels must be an int"):
+            pipe(class_labels=bad, **kw)

@@ -235,6 +235,13 @@ def test_pipeline_save_load_and_outputs(pipe, tmp_path):
     (dict(text="a cat", mctp=0), "mctp"),
     (dict(text="a cat", max_seconds=0), "max_seconds"),
     (dict(text="a cat", temperature=-1), "temperature"),
+    (dict(text="a cat", temperature=1e308), r"temperature must be a number in \[0.0001, 10000\] or 0"),
+    (dict(text="a cat", temperature=1e-300), "temperature"),
+    (dict(text="a cat", max_seconds="1"), "max_seconds"),
+    (dict(text="a cat", min_seconds=None), "min_seconds"),
+    (dict(text="a cat", mctp=True), "mctp"),
+    (dict(text=None), "text must be"),
+    (dict(text=5), "text must be"),
     (dict(text="a cat", output_type="wav"), "output_type"),
 ])
 def test_pipeline_bad_input(pipe, kwargs, match):
@@ -317,6 +324,8 @@ def test_dual_token_pipeline_feeds_semantic_tokens(dual_pipe):
     ((np.zeros(500, np.float32),), {}, "at least 1024 samples"),
     ((np.full(8000, np.nan, np.float32),), {}, "NaN or inf"),
     ((np.zeros(8000, np.float32),), {"voice": "robot"}, "voice must be one of"),
+    ((np.zeros(8000, np.int16),), {}, "float waveform .* got dtype torch.int16"),  # PCM was read 32768x too loud
+    ((None,), {}, "non-empty waveform"),
 ])
 def test_dual_token_pipeline_bad_input(dual_pipe, entry, args, kwargs, match):
     with pytest.raises(ValueError, match=match):

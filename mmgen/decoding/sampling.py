@@ -24,6 +24,21 @@ def is_count(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 0
 
 
+# temperature range: outside it float32 logits / T overflow to inf (T -> 0) and sampling fails deep inside torch;
+# below the range use do_sample=False (greedy), above it the distribution is uniform to float precision anyway
+TEMPERATURE_RANGE = (1e-4, 1e4)
+
+
+def check_temperature(temperature, greedy_zero: bool = False) -> None:
+    """ValueError unless ``temperature`` is a number in TEMPERATURE_RANGE (or exactly 0 where 0 means greedy)."""
+    lo, hi = TEMPERATURE_RANGE
+    if greedy_zero and is_finite_number(temperature) and temperature == 0:
+        return
+    if not is_finite_number(temperature) or not lo <= temperature <= hi:
+        raise ValueError(f"temperature must be a number in [{lo:g}, {hi:g}]" + (" or 0 (greedy)" if greedy_zero else "")
+                         + f", got {temperature!r}")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     temperature: float = 1.0
@@ -32,8 +47,7 @@ class SamplingConfig:
     do_sample: bool = True  # False = greedy (argmax of the CFG-mixed logits)
 
     def __post_init__(self):
-        if not is_finite_number(self.temperature) or not self.temperature > 0:
-            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        check_temperature(self.temperature)
         if not is_count(self.top_k):
             raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not is_finite_number(self.top_p) or not 0.0 < self.top_p <= 1.0:

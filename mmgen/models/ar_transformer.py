@@ -435,8 +435,11 @@ class ARTransformer(SafetensorsOnly, ModelMixin, ConfigMixin):
         self.check_condition(condition)
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-        if cfg_interval is not None and not (0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
-            raise ValueError(f"cfg_interval must satisfy 0 <= start <= end <= 1, got {cfg_interval}")
+        if cfg_interval is not None and not (
+                isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2
+                and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cfg_interval)
+                and 0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
+            raise ValueError(f"cfg_interval must be a pair (start, end) with 0 <= start <= end <= 1, got {cfg_interval!r}")
         max_extra = MAX_EXTRA_SLOTS if self.order == "raster" else 0
         if not 0 <= extra_slots <= max_extra:
             raise ValueError(f"extra_slots must lie in [0, {max_extra}], got {extra_slots}")

@@ -26,6 +26,7 @@ from ..models.text import encode_prompts
 from ..safetensors_only import SafetensorsOnly
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+MAX_GUIDANCE = 1000.0  # beyond it the CFG mix overflows float32 logits
 
 
 @dataclass
@@ -62,27 +63,46 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
                 raise ValueError("class_labels is required for a class-conditional pipeline")
         elif class_labels is not None or prompt is None:
             raise ValueError("this is a text-to-image pipeline: pass prompt (a string or list of strings)")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
-        if not is_finite_number(guidance_scale) or guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if not is_finite_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
+            raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE:g}], got {guidance_scale!r}")
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs must be a subset of {self._callback_tensor_inputs}")
 
+    def _check_edit(self, new, tokens: torch.Tensor) -> torch.Tensor:
+        """A callback's ``"tokens"``: integer ids of exactly the committed tokens' shape (B, n), in [0, V)."""
+        new = torch.as_tensor(new)
+        v = self.transformer.config.vocab_size
+        if (new.shape != tokens.shape or new.is_floating_point() or new.is_complex() or new.dtype == torch.bool
+                or bool((new < 0).any()) or bool((new >= v).any())):
+            raise ValueError(f"callback_on_step_end's 'tokens' must be integer ids of shape {tuple(tokens.shape)} in "
+                             f"[0, {v - 1}], got {new.dtype} of shape {tuple(new.shape)}")
+        return new
+
     def encode_condition(self, prompt=None, class_labels=None, num_images_per_prompt: int = 1) -> Condition:
         dev = self._execution_device
         if self.is_class_conditional:
-            labels = torch.as_tensor([class_labels] if np.isscalar(class_labels) else list(class_labels))
             n = self.transformer.config.num_classes
-            if labels.ndim != 1 or labels.numel() == 0 or labels.is_floating_point():
-                raise ValueError("class_labels must be an int or a non-empty list of ints")
+            items = class_labels.reshape(-1).tolist() if isinstance(class_labels, (torch.Tensor, np.ndarray)) and \
+                np.ndim(class_labels) <= 1 else ([class_labels] if np.isscalar(class_labels) else class_labels)
+            try:
+                items = list(items)
+            except TypeError:
+                items = [None]
+            if not items or not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
+                                    for c in items):
+                raise ValueError(f"class_labels must be an int or a non-empty list of ints, got {class_labels!r}")
+            labels = torch.as_tensor([int(c) for c in items])
             if bool((labels < 0).any()) or bool((labels >= n).any()):
                 raise ValueError(f"class_labels must lie in [0, {n - 1}], got {labels.tolist()}")
             return Condition(class_labels=labels.long().repeat_interleave(num_images_per_prompt).to(dev))
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        prompts = [prompt] if isinstance(prompt, str) else (list(prompt) if isinstance(prompt, (list, tuple)) else None)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         feats, mask = encode_prompts(self.text_encoder, self.tokenizer, prompts,
                                      self.transformer.config.prefix_len, dev)
         return Condition(text_features=feats.repeat_interleave(num_images_per_prompt, 0),
@@ -121,8 +141,13 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
                 kwargs = {}
                 for k in cb_inputs:
                     kwargs[k] = locals()[k]
-                out = callback_on_step_end(self, step, tokens.shape[1], kwargs) or {}
-                return out.pop("tokens", None)
+                out = callback_on_step_end(self, step, tokens.shape[1], kwargs)
+                if out is None:
+                    return None
+                if not isinstance(out, dict):
+                    raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
+                new = out.pop("tokens", None)
+                return None if new is None else self._check_edit(new, tokens)
 
             state = self.transformer.prefill(cond, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
                                              extra_slots=decoder.extra_slots)

@@ -47,10 +47,33 @@ class BatchItem:
         return {"prompt": self.prompt} if self.prompt is not None else {"class_label": self.class_label}
 
 
+MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit integer
+
+
 def _as_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be an integer, got {value!r}")
+    if "seed" in what and not 0 <= value <= MAX_SEED:
+        raise ValueError(f"{what} must be an integer in [0, 2**63 - 1], got {value!r}")
     return value
+
+
+def json_settings(settings: dict) -> dict:
+    """A run's settings as plain JSON values (numpy scalars become Python numbers), checked before any file is
+    written: every record repeats them, and a value JSON cannot hold would otherwise fail after its image exists."""
+    def plain(v):  # json.dumps hook: numpy / torch scalars at any depth
+        if hasattr(v, "item") and getattr(v, "ndim", None) == 0:
+            return v.item()
+        raise TypeError(type(v).__name__)
+
+    out = {}
+    for key, value in settings.items():
+        try:
+            out[key] = json.loads(json.dumps(value, default=plain))
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number, string, list or dict of them (it is recorded in metadata), "
+                             f"got {value!r}") from None
+    return out
 
 
 def read_items(source: "str | os.PathLike | None" = None, classes: "list[int] | None" = None,
@@ -249,8 +272,9 @@ def run_batch(items: list[BatchItem], out_dir: "str | os.PathLike", model: "str 
         get_decoder(decoding, **decoding_options)
     except TypeError as e:
         raise ValueError(f"decoding_options {sorted(decoding_options)} are not accepted by {decoding!r}: {e}") from None
-    settings = {"checkpoint": str(ckpt), "decoding": decoding, "decoding_options": decoding_options,
-                "guidance_scale": guidance_scale, "top_k": top_k, "top_p": top_p, "temperature": temperature}
+    settings = json_settings({"checkpoint": str(ckpt), "decoding": decoding, "decoding_options": decoding_options,
+                              "guidance_scale": guidance_scale, "top_k": top_k, "top_p": top_p,
+                              "temperature": temperature})
 
     state, out, done = open_run(out_dir, cpu)
     for it in items:

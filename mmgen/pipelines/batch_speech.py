@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from ..audio.corpus import check_text
-from .batch import METADATA, PARTS, _as_int, atomic_write_bytes, merge_records, open_run, pending_chunks
+from .batch import (METADATA, PARTS, _as_int, atomic_write_bytes, json_settings, merge_records, open_run,
+                    pending_chunks)
 
 KEY = "id"
 
@@ -121,8 +122,8 @@ def run_batch_tts(items: list[SpeechItem], out_dir: "str | os.PathLike", model: 
     for it in items:  # every argument and text checked before any work, errors name the argument
         pipe._inputs(it.text, voices[it.index], mctp, max_seconds, temperature, top_k=top_k)
     mctp = pipe.transformer.config.mctp if mctp is None else mctp
-    settings = {"checkpoint": str(ckpt), "mctp": mctp, "temperature": temperature, "top_k": top_k,
-                "max_seconds": max_seconds}
+    settings = json_settings({"checkpoint": str(ckpt), "mctp": mctp, "temperature": temperature, "top_k": top_k,
+                              "max_seconds": max_seconds})
 
     state, out, done = open_run(out_dir, cpu, KEY)
     for it in items:

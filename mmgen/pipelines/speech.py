@@ -26,7 +26,7 @@ from ..audio.dual import CTCSpeechTokenizer
 from ..audio.corpus import ALPHABET, check_text
 from ..audio.features import chunk_span, num_chunks, vocode, vocode_chunk
 from ..decoding.base import DecodeStats, device_clock
-from ..decoding.sampling import is_count, is_finite_number
+from ..decoding.sampling import check_temperature, is_count, is_finite_number
 from ..models.speech_transformer import TEXT_PAD, SpeechTransformer
 from ..safetensors_only import SafetensorsOnly
 
@@ -135,9 +135,9 @@ class SpeechPipeline(SafetensorsOnly, DiffusionPipeline):
         if self.transformer.config.input_kind != "text":
             raise ValueError(f"this model takes {self.transformer.config.input_kind} tokens, not text: "
                              "load it with DualTokenSpeechPipeline")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts:
-            raise ValueError("text must be a non-empty string or list of strings")
+        texts = [text] if isinstance(text, str) else (list(text) if isinstance(text, (list, tuple)) else None)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError(f"text must be a non-empty string or list of strings, got {text!r}")
         return text_to_ids(texts, self.transformer.config.max_text_len)
 
     def _inputs(self, text, voice, mctp, max_seconds, temperature, min_seconds=0.0, top_k=None):
@@ -145,16 +145,15 @@ class SpeechPipeline(SafetensorsOnly, DiffusionPipeline):
         voice = voice or self.voices[0]
         vid = torch.full((ids.shape[0],), self.transformer.voice_index(voice), dtype=torch.long)
         k_max = self.transformer.config.mctp
-        if mctp is not None and not (isinstance(mctp, int) and 1 <= mctp <= k_max):
+        if mctp is not None and not (isinstance(mctp, int) and not isinstance(mctp, bool) and 1 <= mctp <= k_max):
             raise ValueError(f"mctp must be an integer in [1, {k_max}], got {mctp!r}")
         limit = self.transformer.config.max_frames / self.codec.frame_rate
-        if max_seconds is not None and not 0 < max_seconds <= limit:
+        if max_seconds is not None and not (is_finite_number(max_seconds) and 0 < max_seconds <= limit):
             raise ValueError(f"max_seconds must be in (0, {limit:.2f}], got {max_seconds}")
-        if not is_finite_number(temperature) or temperature < 0:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        check_temperature(temperature, greedy_zero=True)
         if top_k is not None and not is_count(top_k):
             raise ValueError(f"top_k must be None or an integer >= 0 (0 = off), got {top_k!r}")
-        if not 0 <= min_seconds <= (max_seconds or limit):
+        if not (is_finite_number(min_seconds) and 0 <= min_seconds <= (max_seconds or limit)):
             raise ValueError(f"min_seconds must be in [0, max_seconds], got {min_seconds}")
         max_frames = None if max_seconds is None else max(1, int(max_seconds * self.codec.frame_rate))
         return ids.to(self.device), vid.to(self.device), max_frames, int(min_seconds * self.codec.frame_rate)
@@ -268,13 +267,16 @@ class DualTokenSpeechPipeline(SpeechPipeline):
         if isinstance(audio, str):
             raise ValueError("audio must be a 16 kHz waveform (T,) or a list of them, got a string")
         waves = list(audio) if isinstance(audio, (list, tuple)) else [audio]
-        if not waves:
+        if not waves or any(w is None for w in waves):
             raise ValueError("audio must be a non-empty waveform or list of waveforms")
         tok, max_len = self.semantic_tokenizer, self.transformer.config.max_text_len
         rate = tok.config.sample_rate
         rows = []
         for w in waves:
             w = w if torch.is_tensor(w) else torch.as_tensor(np.asarray(w))
+            if not w.is_floating_point():  # int16 PCM read as numbers would be 32768x too loud
+                raise ValueError(f"audio must be a float waveform in [-1, 1] (convert PCM first, e.g. int16 / 32768), "
+                                 f"got dtype {w.dtype}")
             if w.dim() != 1:
                 raise ValueError(f"audio must be a 1-D waveform (T,) or a list of them, got shape {tuple(w.shape)}")
             # T samples give (T // hop + 1) // 2 tokens: reject surely-too-long audio before encoding it
