@@ -287,7 +287,8 @@ def main(argv=None):
     if args.timing_prompts < 1 or args.repeats < 1:
         raise ValueError(f"--timing-prompts and --repeats must be >= 1, got {args.timing_prompts}, {args.repeats}")
     if args.n < 1 or args.eval_batch < 1 or min(args.batches) < 1:
-        raise ValueError(f"--n, --eval-batch and --batches must be >= 1, got {args.n}, {args.eval_batch}, {args.batches}")
+        raise ValueError(f"--n, --eval-batch and --batches must be >= 1, got {args.n}, {args.eval_batch}, "
+                         f"{args.batches}")
     if args.plot:
         plot(args.plot, args.out)
     else:

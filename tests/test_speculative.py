@@ -338,6 +338,13 @@ def test_bad_options():
         get_decoder("lantern", delta=2.0)
     with pytest.raises(ValueError, match="group_size"):
         get_decoder("gsd", group_size=0)
+    # NaN thresholds used to pass (GSD with delta_p NaN silently ran SJD), booleans passed as integers
+    for name, kw, msg in [("gsd", {"delta_p": float("nan")}, "delta_p"), ("gsd", {"dist_thr": float("inf")}, "dist_thr"),
+                          ("lantern", {"lam": float("nan")}, "lam"), ("lantern", {"delta": float("nan")}, "delta"),
+                          ("lantern", {"k": True}, "k must"), ("sjd", {"window": True}, "window"),
+                          ("gsd", {"group_size": True}, "group_size")]:
+        with pytest.raises(ValueError, match=msg):
+            get_decoder(name, **kw)
 
 
 def test_gsd_group_matches_its_definition():

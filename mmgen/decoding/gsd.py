@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import register_decoder
+from .sampling import is_count, is_finite_number
 from .sjd import SJDDecoder
 
 
@@ -40,10 +41,10 @@ class GSDDecoder(SJDDecoder):
     def __init__(self, window: int = 16, init: str = "random", group_size: int = 14, delta_p: float = 0.15,
                  dist_thr: float = 0.5, embedding: str = "codebook"):
         super().__init__(window=window, init=init)
-        if not isinstance(group_size, int) or group_size < 1:
+        if not is_count(group_size) or group_size < 1:
             raise ValueError(f"group_size must be an integer >= 1, got {group_size!r}")
-        if delta_p < 0 or dist_thr < 0:
-            raise ValueError("delta_p and dist_thr must be >= 0")
+        if not (is_finite_number(delta_p) and is_finite_number(dist_thr) and delta_p >= 0 and dist_thr >= 0):
+            raise ValueError(f"delta_p and dist_thr must be finite numbers >= 0, got {delta_p!r} and {dist_thr!r}")
         if embedding not in ("codebook", "generator"):
             raise ValueError(f"embedding must be 'codebook' or 'generator', got {embedding!r}")
         self.group_size, self.delta_p, self.dist_thr, self.embedding = group_size, delta_p, dist_thr, embedding

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .base import DecodeResult, register_decoder
-from .sampling import SamplingConfig, final_probs
+from .sampling import SamplingConfig, final_probs, is_count, is_finite_number
 from .sjd import SJDDecoder, _multinomial
 
 
@@ -59,11 +59,11 @@ class LanternDecoder(SJDDecoder):
     def __init__(self, delta: float = 0.1, k: int = 1000, lam: float | None = None, drafter=None, depth: int = 4,
                  draft_sampling: str = "sample", window: int = 16, init: str = "random"):
         super().__init__(window=window, init=init)
-        if not 0 <= delta <= 1:
-            raise ValueError(f"delta must lie in [0, 1], got {delta}")
-        if lam is not None and lam < 1:
-            raise ValueError(f"lam must be >= 1, got {lam}")
-        if not isinstance(k, int) or k < 0:
+        if not (is_finite_number(delta) and 0 <= delta <= 1):
+            raise ValueError(f"delta must lie in [0, 1], got {delta!r}")
+        if lam is not None and not (is_finite_number(lam) and lam >= 1):
+            raise ValueError(f"lam must be a finite number >= 1, got {lam!r}")
+        if not is_count(k):
             raise ValueError(f"k must be an integer >= 0, got {k!r}")
         if draft_sampling not in ("sample", "top1"):
             raise ValueError(f"draft_sampling must be 'sample' or 'top1', got {draft_sampling!r}")

@@ -56,7 +56,7 @@ import math
 import torch
 
 from .base import DecodeResult, Decoder, register_decoder
-from .sampling import SamplingConfig, draw_device, final_probs, multinomial
+from .sampling import SamplingConfig, draw_device, final_probs, is_count, multinomial
 
 INITS = ("random", "left", "above")
 
@@ -104,7 +104,7 @@ class SJDDecoder(Decoder):
     requires = "speculative"
 
     def __init__(self, window: int = 16, init: str = "random"):
-        if not isinstance(window, int) or window < 2:
+        if not is_count(window) or window < 2:
             raise ValueError(f"window must be an integer >= 2, got {window!r}")
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")

@@ -439,10 +439,12 @@ class ARTransformer(SafetensorsOnly, ModelMixin, ConfigMixin):
                 isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cfg_interval)
                 and 0.0 <= cfg_interval[0] <= cfg_interval[1] <= 1.0):
-            raise ValueError(f"cfg_interval must be a pair (start, end) with 0 <= start <= end <= 1, got {cfg_interval!r}")
+            raise ValueError(f"cfg_interval must be a pair (start, end) with 0 <= start <= end <= 1, "
+                             f"got {cfg_interval!r}")
         max_extra = MAX_EXTRA_SLOTS if self.order == "raster" else 0
         if not 0 <= extra_slots <= max_extra:
-            raise ValueError(f"extra_slots must lie in [0, {max_extra}], got {extra_slots}")
+            raise ValueError(f"extra_slots must lie in [0, {max_extra}] (a speculative decoder's window W needs W - 1), "
+                             f"got {extra_slots}")
         b = condition.batch_size
         if guidance_scale != 1.0:
             n = self.null_condition(condition)

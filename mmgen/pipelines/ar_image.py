@@ -63,7 +63,8 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
                 raise ValueError("class_labels is required for a class-conditional pipeline")
         elif class_labels is not None or prompt is None:
             raise ValueError("this is a text-to-image pipeline: pass prompt (a string or list of strings)")
-        if not isinstance(num_images_per_prompt, int) or isinstance(num_images_per_prompt, bool) or num_images_per_prompt < 1:
+        n = num_images_per_prompt
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
         if not is_finite_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
             raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE:g}], got {guidance_scale!r}")
