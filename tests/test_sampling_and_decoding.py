@@ -64,8 +64,8 @@ def test_unknown_decoder_options_name_the_option():
         get_decoder("sjd", windw=8)
     with pytest.raises(ValueError, match="decoding_options"):
         get_decoder("ar", window=8)  # AR takes no options
-    with pytest.raises(ValueError, match="not accepted by decoding='gsd'"):
-        get_decoder("gsd", delta_p=None)  # a known option of the wrong type
+    with pytest.raises(ValueError, match="delta_p and dist_thr must be finite numbers"):
+        get_decoder("gsd", delta_p=None)  # a known option of the wrong type, named by the decoder
     assert get_decoder("gsd", group_size=3, window=4).group_size == 3
 
 
