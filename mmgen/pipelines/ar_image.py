@@ -9,6 +9,7 @@ optional text encoder. Usage::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -88,12 +89,12 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
         dev = self._execution_device
         if self.is_class_conditional:
             n = self.transformer.config.num_classes
-            items = class_labels.reshape(-1).tolist() if isinstance(class_labels, (torch.Tensor, np.ndarray)) and \
-                np.ndim(class_labels) <= 1 else ([class_labels] if np.isscalar(class_labels) else class_labels)
-            try:
-                items = list(items)
-            except TypeError:
-                items = [None]
+            if isinstance(class_labels, (torch.Tensor, np.ndarray)) and class_labels.ndim <= 1:
+                items = class_labels.reshape(-1).tolist()  # 0-d or 1-d: its numbers
+            elif np.isscalar(class_labels) or not isinstance(class_labels, Iterable):
+                items = [class_labels]
+            else:
+                items = list(class_labels)
             if not items or not all(isinstance(c, (int, np.integer)) and not isinstance(c, (bool, np.bool_))
                                     for c in items):
                 raise ValueError(f"class_labels must be an int or a non-empty list of ints, got {class_labels!r}")

@@ -53,7 +53,12 @@ MAX_SEED = 2 ** 63 - 1  # torch.Generator.manual_seed takes a signed 64-bit inte
 def _as_int(value, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{what} must be an integer, got {value!r}")
-    if "seed" in what and not 0 <= value <= MAX_SEED:
+    return value
+
+
+def _as_seed(value, what: str) -> int:
+    """An integer torch.Generator.manual_seed takes, checked when items are read rather than mid-run."""
+    if not 0 <= _as_int(value, what) <= MAX_SEED:
         raise ValueError(f"{what} must be an integer in [0, 2**63 - 1], got {value!r}")
     return value
 
@@ -80,7 +85,7 @@ def read_items(source: "str | os.PathLike | None" = None, classes: "list[int] | 
                per_class: int = 1, base_seed: int = 0) -> list[BatchItem]:
     """Items from a ``.txt`` (one prompt per line), a ``.jsonl`` (``{"prompt": ..., "seed": ...}`` or
     ``{"class_label": ...}`` per line) or ``classes`` x ``per_class``. Seeds default to base_seed + index."""
-    base_seed = _as_int(base_seed, "seed")
+    base_seed = _as_seed(base_seed, "seed")
     if (source is None) == (classes is None):
         raise ValueError("pass exactly one of a prompts file (source) and classes")
     raw: list[dict] = []
@@ -118,7 +123,7 @@ def read_items(source: "str | os.PathLike | None" = None, classes: "list[int] | 
         raise ValueError("source mixes prompts and class labels; one run uses one model")
     items = []
     for i, r in enumerate(raw):
-        seed = _as_int(r["seed"], f"seed of item {i}") if "seed" in r else base_seed + i
+        seed = _as_seed(r["seed"], f"seed of item {i}") if "seed" in r else base_seed + i
         if "prompt" in r:
             if not isinstance(r["prompt"], str) or not r["prompt"].strip():
                 raise ValueError(f"prompt of item {i} must be a non-empty string, got {r['prompt']!r}")

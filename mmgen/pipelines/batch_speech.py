@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from ..audio.corpus import check_text
-from .batch import (METADATA, PARTS, _as_int, atomic_write_bytes, json_settings, merge_records, open_run,
+from .batch import (METADATA, PARTS, _as_int, _as_seed, atomic_write_bytes, json_settings, merge_records, open_run,
                     pending_chunks)
 
 KEY = "id"
@@ -46,7 +46,7 @@ class SpeechItem:
 def read_texts(source: "str | os.PathLike", base_seed: int = 0) -> list[SpeechItem]:
     """Items from a ``.txt`` (one text per non-empty line) or ``.jsonl`` (``{"text": ..., "seed": ...,
     "voice": ...}`` per line, seed and voice optional). Texts are checked (alphabet, non-empty) up front."""
-    base_seed = _as_int(base_seed, "seed")
+    base_seed = _as_seed(base_seed, "seed")
     path = Path(source)
     if not path.is_file():
         raise ValueError(f"texts: no such file {str(path)!r}")
@@ -80,7 +80,7 @@ def read_texts(source: "str | os.PathLike", base_seed: int = 0) -> list[SpeechIt
         voice = r.get("voice")
         if voice is not None and not isinstance(voice, str):
             raise ValueError(f"texts: {path.name} line {n}: voice must be a string, got {voice!r}")
-        seed = _as_int(r["seed"], f"seed on line {n}") if "seed" in r else base_seed + i
+        seed = _as_seed(r["seed"], f"seed on line {n}") if "seed" in r else base_seed + i
         items.append(SpeechItem(i, text, seed, voice))
     return items
 

@@ -107,10 +107,10 @@ class TokenFlowTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
                  w_pix: float = 1.0, beta: float = 0.25, embed_dim: int = 64, text_vocab_size: int = 0,
                  weights: tuple = (1.0, 1.0, 1.0)):
         super().__init__()
-        check_image_size(image_size, patch_size=patch_size, **{"2^len(pixel_channels)": 2 ** len(pixel_channels)})
         if patch_size != 2 ** len(pixel_channels):
             raise ValueError(f"patch_size ({patch_size}) must equal 2^len(pixel_channels) ({2 ** len(pixel_channels)}): "
                              "the semantic patch grid and the pixel encoder grid share one index per cell")
+        check_image_size(image_size, patch_size=patch_size)
         if not (w_sem >= 0 and w_pix >= 0 and w_sem + w_pix > 0):
             raise ValueError(f"w_sem and w_pix must be >= 0 and not both 0, got {w_sem} and {w_pix}")
         if not beta >= 0:

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 # option (argparse dest) -> smallest allowed value; checked by check_train_args when a trainer has the option
 _AT_LEAST_ONE = ("steps", "batch", "save_every", "scene_steps", "digit_steps", "num_samples", "codebook_size",
-                 "kmeans_frames", "threads")
+                 "kmeans_frames")  # --threads: set_threads checks it, right after this in every trainer
 _AT_LEAST_ZERO = ("warmup",)
 _ABOVE_ZERO = ("lr", "max_minutes")  # max_minutes: None = no limit
 
