@@ -349,3 +349,16 @@ def test_parallel_benchmark_device_option_is_checked():
             bench.check_device(bad)
     with pytest.raises(ValueError, match="--device"):
         bench.main(["--device", "nope"])
+
+
+@pytest.mark.parametrize("order", ["ar", "nar", "nbp"])
+def test_a_bad_callback_edit_given_straight_to_a_decoder_is_refused(order):
+    """The decoders check an edit themselves (not only the pipeline): a broadcastable (1, n) edit, floats,
+    and ids outside [0, V) raise a ValueError naming the edit before anything is written or fed."""
+    m = _model("raster" if order == "ar" else order)
+    cond = Condition(class_labels=torch.tensor([1, 2]))
+    v = m.config.vocab_size
+    for bad in (lambda t: t[:1], lambda t: t.float(), lambda t: torch.full_like(t, v), lambda t: t - t - 1):
+        with pytest.raises(ValueError, match="step callback's edit must be integer ids of shape"):
+            get_decoder(order).decode(m, m.prefill(cond), SamplingConfig(do_sample=False), None,
+                                      lambda step, tokens, bad=bad: bad(tokens))

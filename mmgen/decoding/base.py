@@ -93,19 +93,32 @@ class Decoder:
                            batch_size=state.batch_size), device_clock(state.first_logits.device)
 
     @staticmethod
-    def _apply_callback(callback, step: int, tokens: torch.Tensor, committed) -> None:
+    def _apply_callback(callback, step: int, tokens: torch.Tensor, committed, vocab_size: int) -> None:
         """callback(step, tokens[:, committed] (B, n)): the committed tokens (``committed`` a slice, or an index
-        tensor for NAR's generation order); a returned edit is written back before they are fed."""
+        tensor for NAR's generation order); a returned edit, checked by :func:`check_token_edit`, is written
+        back before they are fed."""
         if callback is None:
             return
-        new = callback(step, tokens[:, committed])
+        old = tokens[:, committed]
+        new = callback(step, old)
         if new is not None:
-            tokens[:, committed] = torch.as_tensor(new, dtype=tokens.dtype, device=tokens.device)
+            tokens[:, committed] = check_token_edit(new, old, vocab_size).to(tokens.device, tokens.dtype)
 
     @staticmethod
     def _elapsed(state, t0: float) -> float:
         """Seconds since ``t0`` (from :meth:`_start`), after the device's queued work has finished."""
         return device_clock(state.first_logits.device) - t0
+
+
+def check_token_edit(new, committed: torch.Tensor, vocab_size: int, name: str = "the step callback's edit"):
+    """An edit of the committed tokens (B, n): integer ids of exactly that shape, in [0, vocab_size).
+    Anything else (a float, bool or broadcastable tensor, an out-of-range id) raises a ValueError naming it."""
+    new = torch.as_tensor(new)
+    if (new.shape != committed.shape or new.is_floating_point() or new.is_complex() or new.dtype == torch.bool
+            or bool((new < 0).any()) or bool((new >= vocab_size).any())):
+        raise ValueError(f"{name} must be integer ids of shape {tuple(committed.shape)} in [0, {vocab_size - 1}], "
+                         f"got {new.dtype} of shape {tuple(new.shape)}")
+    return new
 
 
 def device_clock(device: "torch.device | str | None" = None) -> float:

@@ -21,6 +21,7 @@ from diffusers.utils import BaseOutput
 
 from .. import tokenizers_visual  # noqa: F401  (diffusers only loads components from imported modules)
 from ..decoding import DecodeStats, SamplingConfig, get_decoder
+from ..decoding.base import check_token_edit
 from ..decoding.sampling import is_finite_number
 from ..models import Condition
 from ..models.text import encode_prompts
@@ -74,16 +75,6 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)
         if bad:
             raise ValueError(f"callback_on_step_end_tensor_inputs must be a subset of {self._callback_tensor_inputs}")
-
-    def _check_edit(self, new, tokens: torch.Tensor) -> torch.Tensor:
-        """A callback's ``"tokens"``: integer ids of exactly the committed tokens' shape (B, n), in [0, V)."""
-        new = torch.as_tensor(new)
-        v = self.transformer.config.vocab_size
-        if (new.shape != tokens.shape or new.is_floating_point() or new.is_complex() or new.dtype == torch.bool
-                or bool((new < 0).any()) or bool((new >= v).any())):
-            raise ValueError(f"callback_on_step_end's 'tokens' must be integer ids of shape {tuple(tokens.shape)} in "
-                             f"[0, {v - 1}], got {new.dtype} of shape {tuple(new.shape)}")
-        return new
 
     def encode_condition(self, prompt=None, class_labels=None, num_images_per_prompt: int = 1) -> Condition:
         dev = self._execution_device
@@ -149,7 +140,8 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
                 if not isinstance(out, dict):
                     raise ValueError(f"callback_on_step_end must return a dict (or None), got {type(out).__name__}")
                 new = out.pop("tokens", None)
-                return None if new is None else self._check_edit(new, tokens)
+                return None if new is None else check_token_edit(new, tokens, self.transformer.config.vocab_size,
+                                                                  "callback_on_step_end's 'tokens'")
 
             state = self.transformer.prefill(cond, guidance_scale=guidance_scale, cfg_interval=cfg_interval,
                                              extra_slots=decoder.extra_slots)
