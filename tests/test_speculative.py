@@ -427,3 +427,14 @@ def test_speculative_benchmark_times_every_prompt_group(c2i, monkeypatch):
                        sampling=SamplingConfig(), prompts=3)
     assert seen == [1] * 6 + [2] * 6  # 3 groups x 2 repeats per batch size
     assert set(res) == {1, 2} and all(set(r) == {"AR", "SJD"} and min(r.values()) > 0 for r in res.values())
+
+
+def test_lantern_drafter_that_is_not_a_drafter_folder_is_a_value_error(tmp_path):
+    """A missing folder, a folder of another model and a non-path all name ``drafter`` (the app shows them as
+    invalid input instead of an OSError)."""
+    from mmgen.assets import assets_dir
+    from mmgen.decoding import get_decoder
+
+    for bad in (tmp_path / "missing", assets_dir() / "vq", 3):
+        with pytest.raises(ValueError, match="drafter"):
+            get_decoder("lantern", drafter=bad if bad == 3 else str(bad))

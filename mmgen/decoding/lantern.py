@@ -37,6 +37,8 @@ Defaults from the code (``--lantern_k 1000 --lantern_delta 0.1``, k clipped to V
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import torch
@@ -83,7 +85,13 @@ class LanternDecoder(SJDDecoder):
             return d.eval()
         from ..assets import model_path
 
+        if not isinstance(d, (str, Path)):
+            raise ValueError(f"drafter must be a Drafter, a folder or an asset name, got {type(d).__name__}")
         p = Path(d) if Path(d).is_dir() else model_path(str(d))
+        cfg = p / "config.json"
+        if not cfg.is_file() or json.loads(cfg.read_text()).get("_class_name") != Drafter.__name__:
+            raise ValueError(f"drafter: {str(d)!r} is not a drafter folder (no Drafter config.json in {p}); "
+                             "train one with `python -m mmgen.train.train_drafter`")
         return Drafter.from_pretrained(p).eval()
 
     def prepare(self, tokenizer) -> None:
