@@ -104,8 +104,6 @@ def main(argv=None):
             (cfg, temp), scores = pick_cfg_digits(pipe, digit_judge, args.cfg_grid, temps)
             res, _ = evaluate_digit_pipeline(pipe, digit_judge, n_per_class=max(1, args.n // 10), guidance_scale=cfg,
                                              temperature=temp)
-        rec = {"guidance_scale": cfg, "temperature": temp}  # atomic: the CLI/app read this file
-        atomic_write_json(folder / "recommended.json", rec)
         res.update(tokenizer_ceiling(pipe.vq, scene_judge if scenes else None, None if scenes else digit_judge))
         res.update(guidance_scale=cfg, temperature=temp,
                    validation_scores={_key(*k, temps): round(v, 4) for k, v in scores.items()},
@@ -114,7 +112,10 @@ def main(argv=None):
                    tokenizer=type(pipe.vq).__name__, command=command_line("python scripts/evaluate.py",
                        ["--cfg-grid", *map(str, args.cfg_grid)]
                        + (["--temperature-grid", *map(str, temps)] if len(temps) > 1 else []) + ["--models", name]))
+        # both files written only once every figure is in, eval.json first: a run that fails part-way
+        # leaves the pair as it was; atomic, since the CLI and the app read recommended.json
         atomic_write_json(folder / "eval.json", res)
+        atomic_write_json(folder / "recommended.json", {"guidance_scale": cfg, "temperature": temp})
         print(name, json.dumps(res))
 
 
