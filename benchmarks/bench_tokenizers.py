@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.assets import assets_dir  # noqa: E402
 from mmgen.eval.evaluate import load_judges  # noqa: E402
-from mmgen.eval.tokenizer_metrics import prefix_curve, tokenizer_report  # noqa: E402
+from mmgen.eval.tokenizer_metrics import prefix_adherence, prefix_curve, tokenizer_report  # noqa: E402
 from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
 from mmgen.tokenizers_visual import load_tokenizer  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
@@ -34,21 +34,30 @@ ROWS = [("VQ (LlamaGen)", "vq", None), ("VQ, patch-local encoder", "vq-local", "
 FOLDERS = [r[1] for r in ROWS]
 
 
-def plot_curve(curve: dict, path: Path) -> None:
+def plot_curve(psnr_curve: dict, judge_curve: dict, path: Path) -> None:
+    """Two panels against the prefix length: PSNR on held-out scenes / photos, and the scene judge on the
+    reconstructed scenes (prompt adherence and the shape match rate)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
-    for name, pts in curve.items():
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=120)
+    for name, pts in psnr_curve.items():
         ks = sorted(int(k) for k in pts)
         ax.plot(ks, [pts[k] for k in ks], marker="o", label=f"held-out {name}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("tokens kept (prefix length)")
+    for name, label in (("all", "adherence (all attributes)"), ("shape", "shape matches")):
+        pts = judge_curve[name]
+        ks = sorted(int(k) for k in pts)
+        bx.plot(ks, [pts[k] for k in ks], marker="o", label=label)
     ax.set_ylabel("PSNR (dB)")
-    ax.set_title("One-D-Piece: quality vs length")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    bx.set_ylabel("scene judge on reconstructions")
+    bx.set_ylim(0, 1)
+    for a in (ax, bx):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("tokens kept (prefix length)")
+        a.grid(alpha=0.3)
+        a.legend()
+    fig.suptitle("One-D-Piece: quality vs length")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.png")
@@ -85,8 +94,10 @@ def main(argv=None):
                        t2i_fd_real_vs_real=ev["judge_fd_real_vs_real"], t2i_guidance=ev.get("guidance_scale"))
         if name == "One-D-Piece":
             k = tok.config.num_latent_tokens
-            row["psnr_vs_length"] = prefix_curve(tok, [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k], n=args.n)
-            plot_curve(row["psnr_vs_length"], Path(args.plot))
+            lengths = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k]
+            row["psnr_vs_length"] = prefix_curve(tok, lengths, n=args.n)
+            row["judge_vs_length"] = prefix_adherence(tok, judge, lengths)
+            plot_curve(row["psnr_vs_length"], row["judge_vs_length"], Path(args.plot))
         rows.append(row)
         print(json.dumps(row))
     result = {"rows": rows, "threads": threads, "date": str(date.today()), "machine": "2-core CPU (shared), torch "

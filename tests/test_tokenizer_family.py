@@ -275,8 +275,14 @@ def test_hita_fusion_reads_patch_i_before_its_own_code():
 
 
 # ------------------------------------------------------------------ One-D-Piece: prefixes
-def test_onedpiece_decodes_every_prefix():
-    tok = trained_a_step(OneDPieceTokenizer)
+@pytest.mark.parametrize("latent_io", ["linear", "attention"])
+def test_onedpiece_decodes_every_prefix(latent_io):
+    """Both ways of reading the K tokens (position-specific mixing, TiTok's latent queries): every prefix
+    length decodes, ``length=k`` equals passing the first k ids, and one token decodes differently from all."""
+    torch.manual_seed(0)
+    tok = OneDPieceTokenizer(**SMALL[OneDPieceTokenizer], latent_io=latent_io).train()
+    tok.losses(images(8, 1), generator=torch.Generator().manual_seed(0))
+    tok.eval()
     x = images(2)
     ids = tok.encode(x).ids
     for k in range(1, 9):
@@ -287,6 +293,12 @@ def test_onedpiece_decodes_every_prefix():
     for bad in (0, 9, 2.5):
         with pytest.raises(ValueError, match="length"):
             tok.decode(ids, length=bad)
+
+
+def test_onedpiece_latent_io_and_mix_dim_are_checked():
+    for bad in dict(latent_io="queries"), dict(mix_dim=0), dict(mix_dim=2.5):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            OneDPieceTokenizer(**SMALL[OneDPieceTokenizer], **bad)
 
 
 def test_onedpiece_tail_drop_length_comes_from_the_generator():
@@ -478,7 +490,10 @@ def test_visual_tokenizer_trainer_resumes_exports_and_records_every_run(tmp_path
     m = json.loads((tmp_path / "tok" / "metrics.json").read_text())
     assert m["steps"] == 2 and [g["steps"] for g in m["segments"]] == ["0-1", "1-2"]
     assert m["segments"][0]["command"].endswith("--max-minutes 1e-9") and m["command"] == m["segments"][1]["command"]
-    assert "psnr_scenes" in m and "psnr_vs_length" in m
+    assert "psnr_scenes" in m and set(m["psnr_vs_length"]["scenes"]) == {"1", "2", "4", "8"}
+    judged = m["judge_vs_length"]  # the scene judge at each prefix length, every attribute
+    assert set(judged) == {"all", "background", "shape", "color", "size"}
+    assert all(set(v) == {"1", "2", "4", "8"} and all(0 <= r <= 1 for r in v.values()) for v in judged.values())
     tok = load_tokenizer(tmp_path / "tok")
     assert tok.decode(tok.encode(images(2)).ids).shape == (2, 3, 64, 64)
 

@@ -66,3 +66,20 @@ def prefix_curve(tok, lengths: list[int], n: int = 256) -> dict[str, dict[int, f
         ids = tok.encode(x).ids
         out[name] = {k: round(psnr(tok.decode(ids, length=k).clamp(-1, 1), x), 2) for k in lengths}
     return out
+
+
+@torch.no_grad()
+def prefix_adherence(tok, judge, lengths: list[int], n: int = 300) -> dict[str, dict[int, float]]:
+    """One-D-Piece: the scene judge on ``decode(ids, length=k)`` of ``n`` held-out scenes (seed 997), for
+    each k: prompt adherence (``"all"``) and each attribute's match rate."""
+    from .judges import attribute_matches
+
+    tok.eval()
+    imgs, specs = SceneDataset(n, seed=997).arrays()
+    ids = tok.encode(to_tensor(imgs)).ids
+    out: dict[str, dict[int, float]] = {}
+    for k in lengths:
+        m = attribute_matches(judge.predict(tok.decode(ids, length=k).clamp(-1, 1)), specs)
+        for attr, v in m.items():
+            out.setdefault(attr, {})[k] = round(float(v.mean()), 4)
+    return out

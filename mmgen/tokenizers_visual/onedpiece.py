@@ -2,10 +2,26 @@
 "One-D-Piece: Image Tokenizer Meets Quality-Controllable Compression"; TiTok: Yu et al. 2024,
 "An Image is Worth 32 Tokens for Reconstruction and Generation").
 
-Follows: ViT encoder over [image patches + pos; K learned latent tokens + pos] (bidirectional),
-latents -> LayerNorm -> Linear -> ``token_dim`` -> l2-normalised VQ codebook; ViT decoder over
-[one mask token per patch + pos; projected latents + pos]; Tail Token Drop: during training one
-k ~ U{1..K} per batch keeps only the first k tokens, so any prefix decodes (``decode(ids, length=k)``).
+Follows: image -> K one-dimensional tokens, each a function of the whole image, projected to
+``token_dim`` -> l2-normalised VQ codebook (TiTok: 4096 x 12, here 1024 x 12); a decoder
+from any prefix of the K tokens to the image; Tail Token Drop: during training one k ~ U{1..K} per
+batch keeps only the first k tokens, so any prefix decodes (``decode(ids, length=k)``) and the first
+tokens carry what matters most.
+
+How the K tokens are read from and written to the patch grid (``latent_io``):
+
+* ``"attention"`` (TiTok): the ViT encoder runs over [patches + pos; K learned latent queries + pos]
+  and the latents' outputs are the tokens; the ViT decoder runs over [one mask token per patch + pos;
+  the kept tokens projected + pos] and reads the patches. Faithful, and what to use at scale.
+* ``"linear"`` (default, shipped): the encoder's patch features (after its ViT blocks) are mixed into
+  the K tokens by one learned position-specific Linear over the flattened grid, and the decoder
+  un-mixes the K tokens (dropped ones replaced by a learned per-slot "dropped" vector) back into
+  patch features the same way before its ViT blocks. Deviation, for this CPU scale: with latent
+  queries the tiny model's K tokens came out nearly identical (cosine 0.99) and decoded the
+  background only, in every run of sessions 4-17 (pixel and proxy targets, with and without VQ,
+  frozen inputs, wide position init; docs/BENCHMARKS.md); a position-specific mixing has no such
+  symmetry to break and draws the shapes.
+
 Two training targets. Pixel mode (default): the decoder's patch features go through a conv head to
 pixels, L2 + L1. Proxy mode (``proxy_vq`` = the config of a trained :class:`VQTokenizer`, weights
 loaded by the trainer's ``--proxy``): TiTok's first training stage, where the decoder predicts the
@@ -13,10 +29,9 @@ loaded by the trainer's ``--proxy``): TiTok's first training stage, where the de
 predicts the s x s proxy cells it covers) and ``decode`` renders argmax codes with that VQ's frozen
 decoder. TiTok/One-D-Piece use MaskGIT-VQGAN as the proxy and then fine-tune the decoder to pixels
 with perceptual and GAN losses (stage 2): here the proxy is our own ``assets/vq`` and stage 2 is not
-done. Other deviations (CPU scale): no class token, codebook updated by EMA with dead-code restarts (vector-quantize-pytorch), and a
-small conv stem/head around the ViTs (image -> 8 x 8 feature patches; decoder patch features ->
-pixels) instead of linear patch embedding/unembedding: with linear patches the tiny model learned
-only the background colour in the CPU budget (18.2 dB at every length, 1500 steps; docs/BENCHMARKS.md).
+done. Other deviations (CPU scale): no class token, codebook updated by EMA with dead-code restarts
+(vector-quantize-pytorch), and a small conv stem/head around the ViTs (image -> 8 x 8 feature patches;
+decoder patch features -> pixels) instead of linear patch embedding/unembedding.
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ from ._parts import conv_decoder, conv_encoder, pixel_loss
 from .base import TokenBatch, TokenLayout, VisualTokenizerMixin, check_image_size
 from .vq import VQTokenizer
 
+LATENT_IO = ("attention", "linear")
+
 
 class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMixin):
     """encode: (B, 3, S, S) -> ids (B, K), sequence layout; decode(ids[, length]) -> (B, 3, S, S)."""
@@ -43,29 +60,40 @@ class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
                  encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
                  dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None,
-                 latent_init_std: float = 0.02):
+                 latent_init_std: float = 0.02, latent_io: str = "linear", mix_dim: int = 16):
         super().__init__()
         patch_size = 2 ** len(channels)
         check_image_size(image_size, **{"2^len(channels)": patch_size})
+        if latent_io not in LATENT_IO:
+            raise ValueError(f"latent_io must be one of {LATENT_IO}, got {latent_io!r}")
+        if not isinstance(mix_dim, int) or mix_dim < 1:
+            raise ValueError(f"mix_dim must be an int >= 1, got {mix_dim!r}")
         self.grid = image_size // patch_size
-        g = self.grid ** 2
+        g, k = self.grid ** 2, num_latent_tokens
         self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)
         self.enc_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
-        # latent queries: std ``latent_init_std``. With 0.02 (shipped) the patch features' attention output dominates
-        # every latent's residual stream and the K tokens of an image come out nearly identical (cosine 0.996);
-        # starting them apart (1.0) did not help: they re-collapsed by step 500 (docs/BENCHMARKS.md)
-        self.latents = nn.Parameter(torch.randn(1, num_latent_tokens, width) * latent_init_std)
-        self.latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
         self.encoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(encoder_depth))
         self.enc_norm = nn.LayerNorm(width)
-        self.to_token = nn.Linear(width, token_dim)
+        self.dec_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
+        if latent_io == "attention":
+            # latent queries: std ``latent_init_std``. With 0.02 the patch features' attention output dominates every
+            # latent's residual stream and the K tokens of an image come out nearly identical (cosine 0.996); starting
+            # them apart (1.0) did not help: they re-collapsed by step 500 (docs/BENCHMARKS.md)
+            self.latents = nn.Parameter(torch.randn(1, k, width) * latent_init_std)
+            self.latent_pos = nn.Parameter(torch.randn(1, k, width) * 0.02)
+            self.to_token = nn.Linear(width, token_dim)
+            self.from_token = nn.Linear(token_dim, width)
+            self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+            self.dec_latent_pos = nn.Parameter(torch.randn(1, k, width) * 0.02)
+        else:  # position-specific mixing: grid (G x mix_dim) <-> tokens (K x token_dim)
+            self.enc_down = nn.Linear(width, mix_dim)
+            self.enc_mix = nn.Linear(g * mix_dim, k * token_dim)
+            self.dropped = nn.Parameter(torch.zeros(1, k, token_dim))  # stands in for each dropped tail slot
+            self.dec_mix = nn.Linear(k * token_dim, g * mix_dim)
+            self.dec_up = nn.Linear(mix_dim, width)
         self.quantizer = VectorQuantize(dim=token_dim, codebook_size=codebook_size, use_cosine_sim=True,
                                         kmeans_init=True, kmeans_iters=10, decay=ema_decay,
                                         commitment_weight=commitment_weight, threshold_ema_dead_code=dead_code_threshold)
-        self.from_token = nn.Linear(token_dim, width)
-        self.mask_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
-        self.dec_pos = nn.Parameter(torch.randn(1, g, width) * 0.02)
-        self.dec_latent_pos = nn.Parameter(torch.randn(1, num_latent_tokens, width) * 0.02)
         self.decoder = nn.ModuleList(Block(width, heads, mlp_ratio=4, qkv_bias=True) for _ in range(decoder_depth))
         self.dec_norm = nn.LayerNorm(width)
         self.proxy, self.head, self.code_head = None, None, None
@@ -93,6 +121,11 @@ class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
         """(B, 3, S, S) -> pre-quantization tokens (B, K, token_dim)."""
         x = rearrange(self.stem(images), "b d h w -> b (h w) d") + self.enc_pos  # (B, G, W)
         k = self.config.num_latent_tokens
+        if self.config.latent_io == "linear":
+            for blk in self.encoder:
+                x = blk(x)
+            mixed = self.enc_mix(self.enc_down(self.enc_norm(x)).flatten(1))  # (B, K * token_dim)
+            return mixed.view(len(x), k, -1)
         h = torch.cat([x, (self.latents + self.latent_pos).expand(len(x), -1, -1)], 1)  # (B, G + K, W)
         for blk in self.encoder:
             h = blk(h)
@@ -107,12 +140,17 @@ class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
     def _decoder_features(self, zq: torch.Tensor) -> torch.Tensor:
         """zq (B, k, token_dim), k <= K -> decoder patch features (B, grid^2, W)."""
         b, k = zq.shape[:2]
-        lat = self.from_token(zq) + self.dec_latent_pos[:, :k]
-        masks = (self.mask_token + self.dec_pos).expand(b, -1, -1)  # (B, G, W)
-        h = torch.cat([masks, lat], 1)
+        g = self.grid ** 2
+        if self.config.latent_io == "linear":
+            full = torch.cat([zq, self.dropped[:, k:].expand(b, -1, -1)], 1)  # (B, K, token_dim)
+            h = self.dec_up(self.dec_mix(full.flatten(1)).view(b, g, -1)) + self.dec_pos  # (B, G, W)
+        else:
+            lat = self.from_token(zq) + self.dec_latent_pos[:, :k]
+            masks = (self.mask_token + self.dec_pos).expand(b, -1, -1)  # (B, G, W)
+            h = torch.cat([masks, lat], 1)
         for blk in self.decoder:
             h = blk(h)
-        return self.dec_norm(h[:, :masks.shape[1]])
+        return self.dec_norm(h[:, :g])
 
     def proxy_logits(self, zq: torch.Tensor) -> torch.Tensor:
         """Proxy mode: zq (B, k, token_dim) -> logits (B, proxy_grid^2, V_proxy) over the proxy's raster grid."""
