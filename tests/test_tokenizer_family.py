@@ -299,6 +299,10 @@ def test_onedpiece_latent_io_and_mix_dim_are_checked():
     for bad in dict(latent_io="queries"), dict(mix_dim=0), dict(mix_dim=2.5):
         with pytest.raises(ValueError, match=next(iter(bad))):
             OneDPieceTokenizer(**SMALL[OneDPieceTokenizer], **bad)
+    small = {k: v for k, v in SMALL[OneDPieceTokenizer].items() if not k.endswith("_depth")}
+    with pytest.raises(ValueError, match="encoder_depth and decoder_depth must be >= 1"):
+        OneDPieceTokenizer(**small, latent_io="attention", encoder_depth=0, decoder_depth=1)
+    assert len(OneDPieceTokenizer(**small, encoder_depth=0, decoder_depth=0).encoder) == 0  # linear: blocks optional
 
 
 def test_onedpiece_tail_drop_length_comes_from_the_generator():

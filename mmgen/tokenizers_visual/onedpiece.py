@@ -13,10 +13,12 @@ How the K tokens are read from and written to the patch grid (``latent_io``):
 * ``"attention"`` (TiTok): the ViT encoder runs over [patches + pos; K learned latent queries + pos]
   and the latents' outputs are the tokens; the ViT decoder runs over [one mask token per patch + pos;
   the kept tokens projected + pos] and reads the patches. Faithful, and what to use at scale.
-* ``"linear"`` (default, shipped): the encoder's patch features (after its ViT blocks) are mixed into
-  the K tokens by one learned position-specific Linear over the flattened grid, and the decoder
-  un-mixes the K tokens (dropped ones replaced by a learned per-slot "dropped" vector) back into
-  patch features the same way before its ViT blocks. Deviation, for this CPU scale: with latent
+* ``"linear"`` (default, shipped): the encoder's patch features (after its ViT blocks, if any) are
+  mixed into the K tokens by one learned position-specific Linear over the flattened grid, and the
+  decoder un-mixes the K tokens (dropped ones replaced by a learned per-slot "dropped" vector) back
+  into patch features the same way (then its ViT blocks, if any). The shipped model has no ViT
+  blocks (depth 0, the default): in a probe with 2 + 2 blocks the pixel loss diverged within 250
+  steps at lr 1e-3 and 5e-4 (docs/BENCHMARKS.md). Deviation, for this CPU scale: with latent
   queries the tiny model's K tokens came out nearly identical (cosine 0.99) and decoded the
   background only, in every run of sessions 4-17 (pixel and proxy targets, with and without VQ,
   frozen inputs, wide position init; docs/BENCHMARKS.md); a position-specific mixing has no such
@@ -57,7 +59,8 @@ class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
 
     @register_to_config
     def __init__(self, image_size: int = 64, channels: tuple = (16, 64, 128), width: int = 128,
-                 encoder_depth: int = 2, decoder_depth: int = 2, heads: int = 4, num_latent_tokens: int = 32, token_dim: int = 12,
+                 encoder_depth: int = 0, decoder_depth: int = 0, heads: int = 4, num_latent_tokens: int = 32,
+                 token_dim: int = 12,
                  codebook_size: int = 1024, commitment_weight: float = 0.25, ema_decay: float = 0.9,
                  dead_code_threshold: float = 2.0, tail_drop: bool = True, proxy_vq: dict | None = None,
                  latent_init_std: float = 0.02, latent_io: str = "linear", mix_dim: int = 16):
@@ -68,6 +71,9 @@ class OneDPieceTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokeniz
             raise ValueError(f"latent_io must be one of {LATENT_IO}, got {latent_io!r}")
         if not isinstance(mix_dim, int) or mix_dim < 1:
             raise ValueError(f"mix_dim must be an int >= 1, got {mix_dim!r}")
+        if latent_io == "attention" and min(encoder_depth, decoder_depth) < 1:
+            raise ValueError("latent_io='attention' reads and writes the tokens through ViT blocks: encoder_depth and "
+                             f"decoder_depth must be >= 1, got {encoder_depth} and {decoder_depth}")
         self.grid = image_size // patch_size
         g, k = self.grid ** 2, num_latent_tokens
         self.stem = conv_encoder(tuple(channels), width, res_blocks=1)  # (B, W, grid, grid)
