@@ -554,3 +554,14 @@ def test_seed_renderer_warm_starts_trains_and_decodes_by_sampling(tmp_path, tiny
     pipe.set_progress_bar_config(disable=True)
     run = lambda s: pipe("a small red circle on the left, blue background", generator=g(s), output_type="pt").images
     assert torch.equal(run(0), run(0)) and not torch.equal(run(0), run(1))
+
+
+def test_seed_render_settings_share_the_samplers_ranges():
+    """render_guidance / render_temperature (the renderer's defaults) follow the pipeline's ranges: CFG in
+    [0, 1000], temperature in [1e-4, 1e4]; infinite or NaN values used to pass the constructor."""
+    for bad, match in ((dict(render_guidance=float("inf")), r"render_guidance must be a number in \[0, 1000\]"),
+                       (dict(render_guidance=-1.0), "render_guidance"),
+                       (dict(render_temperature=0.0), r"render_temperature must be a number in \[0.0001, 10000\]"),
+                       (dict(render_temperature=float("nan")), "render_temperature")):
+        with pytest.raises(ValueError, match=match):
+            SEEDTokenizer(**SMALL[SEEDTokenizer], **bad)

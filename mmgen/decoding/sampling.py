@@ -29,14 +29,23 @@ def is_count(v) -> bool:
 TEMPERATURE_RANGE = (1e-4, 1e4)
 
 
-def check_temperature(temperature, greedy_zero: bool = False) -> None:
+MAX_GUIDANCE = 1000.0  # beyond it the CFG mix overflows float32 logits
+
+
+def check_temperature(temperature, greedy_zero: bool = False, name: str = "temperature") -> None:
     """ValueError unless ``temperature`` is a number in TEMPERATURE_RANGE (or exactly 0 where 0 means greedy)."""
     lo, hi = TEMPERATURE_RANGE
     if greedy_zero and is_finite_number(temperature) and temperature == 0:
         return
     if not is_finite_number(temperature) or not lo <= temperature <= hi:
-        raise ValueError(f"temperature must be a number in [{lo:g}, {hi:g}]" + (" or 0 (greedy)" if greedy_zero else "")
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}]" + (" or 0 (greedy)" if greedy_zero else "")
                          + f", got {temperature!r}")
+
+
+def check_guidance(scale, name: str = "guidance_scale") -> None:
+    """ValueError unless the CFG ``scale`` is a number in [0, MAX_GUIDANCE]."""
+    if not is_finite_number(scale) or not 0 <= scale <= MAX_GUIDANCE:
+        raise ValueError(f"{name} must be a number in [0, {MAX_GUIDANCE:g}], got {scale!r}")
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,12 @@ from diffusers.utils import BaseOutput
 from .. import tokenizers_visual  # noqa: F401  (diffusers only loads components from imported modules)
 from ..decoding import DecodeStats, SamplingConfig, get_decoder
 from ..decoding.base import check_token_edit
-from ..decoding.sampling import is_finite_number
+from ..decoding.sampling import check_guidance
 from ..models import Condition
 from ..models.text import encode_prompts
 from ..safetensors_only import SafetensorsOnly
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-MAX_GUIDANCE = 1000.0  # beyond it the CFG mix overflows float32 logits
 
 
 @dataclass
@@ -68,8 +67,7 @@ class ARImagePipeline(SafetensorsOnly, DiffusionPipeline):
         n = num_images_per_prompt
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt}")
-        if not is_finite_number(guidance_scale) or not 0 <= guidance_scale <= MAX_GUIDANCE:
-            raise ValueError(f"guidance_scale must be a number in [0, {MAX_GUIDANCE:g}], got {guidance_scale!r}")
+        check_guidance(guidance_scale)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         bad = set(callback_on_step_end_tensor_inputs or []) - set(self._callback_tensor_inputs)

@@ -50,7 +50,7 @@ from transformers import BertConfig, BertModel, Blip2QFormerConfig, Blip2QFormer
 from vector_quantize_pytorch import VectorQuantize
 
 from ..decoding.ar import ARDecoder
-from ..decoding.sampling import SamplingConfig
+from ..decoding.sampling import SamplingConfig, check_guidance, check_temperature
 from ..models.ar_transformer import ARTransformer, Condition
 from ..safetensors_only import SafetensorsOnly
 from ._parts import CAPTION_LEN, CaptionTower, caption_ids, caption_tokenizer, contrastive_loss, conv_decoder, pixel_loss
@@ -74,9 +74,8 @@ class SEEDTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMix
         super().__init__()
         if not caption_weight >= 0:
             raise ValueError(f"caption_weight must be >= 0, got {caption_weight}")
-        if not (render_guidance >= 0 and render_temperature > 0):
-            raise ValueError(f"render_guidance must be >= 0 and render_temperature > 0, got {render_guidance} and "
-                             f"{render_temperature}")
+        check_guidance(render_guidance, "render_guidance")
+        check_temperature(render_temperature, name="render_temperature")
         check_image_size(image_size, patch_size=patch_size, **{"2^len(decoder_channels)": 2 ** len(decoder_channels)})
         g = (image_size // patch_size) ** 2
         # image encoder: (B, 3, S, S) -> (B, G, W)
@@ -232,8 +231,8 @@ class SEEDTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMix
             return self._render(self._generation_embedding(self.codebook[ids])[1])
         cfg = self.config.render_guidance if guidance_scale is None else guidance_scale
         temp = self.config.render_temperature if temperature is None else temperature
-        if not (cfg >= 0 and temp > 0):
-            raise ValueError(f"guidance_scale must be >= 0 and temperature > 0, got {cfg} and {temp}")
+        check_guidance(cfg)
+        check_temperature(temp)
         state = self.render_transformer.prefill(self.render_condition(ids), guidance_scale=cfg)
         codes = ARDecoder().decode(self.render_transformer, state, SamplingConfig(temperature=temp), generator).tokens
         return self.vision.decode(codes)  # codes (B, g * g) raster -> the frozen VQ's pixels

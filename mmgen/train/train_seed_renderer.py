@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..decoding.sampling import check_guidance, check_temperature
 from ..models import ARTransformer
 from ..records import command_line
 from ..tokenizers_visual import SEEDTokenizer, load_tokenizer
@@ -70,9 +71,8 @@ def main(argv=None):
                     help="JSON ARTransformer arguments for the renderer (default: the scenes t2i backbone)")
     args = ap.parse_args(argv)
     check_train_args(args)
-    if not (args.render_guidance >= 0 and args.render_temperature > 0):
-        raise ValueError(f"--render-guidance must be >= 0 and --render-temperature > 0, got {args.render_guidance} "
-                         f"and {args.render_temperature}")
+    check_guidance(args.render_guidance, "--render-guidance")  # the SEEDTokenizer's own check, before training
+    check_temperature(args.render_temperature, name="--render-temperature")
     set_threads(args.threads)
     torch.manual_seed(args.seed)
     t_start = time.time()
