@@ -565,3 +565,34 @@ def test_seed_render_settings_share_the_samplers_ranges():
                        (dict(render_temperature=float("nan")), "render_temperature")):
         with pytest.raises(ValueError, match=match):
             SEEDTokenizer(**SMALL[SEEDTokenizer], **bad)
+
+
+def test_visual_tokenizer_trainer_warm_starts_from_a_trained_tokenizer(tmp_path):
+    """``--init-from``: One-D-Piece trained without tail drop, then with it from those weights (codebook included);
+    a tokenizer of another class or of other shapes is refused before anything is written."""
+    import json
+
+    from mmgen.tokenizers_visual import load_tokenizer
+    from mmgen.train import train_visual_tokenizer
+
+    cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in SMALL[OneDPieceTokenizer].items()}
+    src = trained_a_step(OneDPieceTokenizer)
+    src.save_pretrained(tmp_path / "src")
+    common = ["--kind", "onedpiece", "--steps", "1", "--batch", "4", "--threads", "1", "--lr", "1e-12"]
+    no_restarts = {**cfg, "tail_drop": True, "dead_code_threshold": 0.0}  # so only the EMA moves the codebook
+    train_visual_tokenizer.main(common + ["--config", json.dumps(no_restarts), "--init-from",
+                                          str(tmp_path / "src"), "--out", str(tmp_path / "tok"), "--work",
+                                          str(tmp_path / "w")])
+    tok = load_tokenizer(tmp_path / "tok")
+    assert tok.config.tail_drop and json.loads((tmp_path / "tok" / "metrics.json").read_text())["init_from"]
+    # the codebook came across (one EMA step moves the used codes a little; a k-means re-init would scatter them)
+    assert float(torch.nn.functional.cosine_similarity(tok.codebook, src.codebook, dim=-1).min()) > 0.8
+    # lr 1e-12: one step leaves the weights where --init-from put them
+    assert torch.allclose(tok.enc_mix.weight, src.enc_mix.weight, atol=1e-6)
+    trained_a_step(HitaTokenizer).save_pretrained(tmp_path / "hita")
+    for folder, conf, match in ((tmp_path / "hita", cfg, "a HitaTokenizer, not a OneDPieceTokenizer"),
+                                (tmp_path / "src", {**cfg, "num_latent_tokens": 4}, "weights do not fit --config")):
+        with pytest.raises(ValueError, match=match):
+            train_visual_tokenizer.main(common + ["--config", json.dumps(conf), "--init-from", str(folder),
+                                                  "--out", str(tmp_path / "bad"), "--work", str(tmp_path / "wb")])
+        assert not (tmp_path / "bad").exists() and not (tmp_path / "wb").exists()

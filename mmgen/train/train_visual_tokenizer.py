@@ -22,10 +22,10 @@ from tqdm import tqdm
 
 from ..data import SceneDataset, photo_crops, to_tensor
 from .. import tokenizers_visual
-from ..tokenizers_visual.base import init_args
+from ..tokenizers_visual.base import init_args, load_tokenizer
 from ..records import command_line
 from .common import (SegmentLog, check_photo_frac, check_resumable, check_train_args, cosine_lr, data_stream,
-                     export_with_metrics, resume_or_start, save_checkpoint, set_threads)
+                     export_with_metrics, load_trainer_state, resume_or_start, save_checkpoint, set_threads)
 
 KINDS = {"seed": "SEEDTokenizer", "tokenflow": "TokenFlowTokenizer", "hita": "HitaTokenizer", "onedpiece": "OneDPieceTokenizer"}
 
@@ -49,6 +49,21 @@ def build_model(kind: str, config: dict, proxy: str | None = None):
     return model
 
 
+def warm_start(model, folder: str) -> None:
+    """``--init-from``: copy every weight and buffer (codebooks included) of a trained tokenizer of the same class
+    and shapes into ``model``, whose training options (e.g. One-D-Piece's ``tail_drop``) come from ``--config``:
+    staged training, as One-D-Piece's Tail Token Drop applied to a tokenizer first trained without it."""
+    src = load_tokenizer(folder)
+    if type(src) is not type(model):
+        raise ValueError(f"--init-from {folder}: a {type(src).__name__}, not a {type(model).__name__}")
+    try:
+        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+    except RuntimeError as e:  # a shape mismatch
+        raise ValueError(f"--init-from {folder}: weights do not fit --config ({str(e).splitlines()[-1].strip()})") from None
+    if missing or unexpected:
+        raise ValueError(f"--init-from {folder}: weights do not fit --config (missing {missing}, unexpected {unexpected})")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kind", required=True, choices=sorted(KINDS))
@@ -64,6 +79,8 @@ def main(argv=None):
     ap.add_argument("--save-every", type=int, default=250)
     ap.add_argument("--max-minutes", type=float, default=None, help="stop (and export) after this wall time")
     ap.add_argument("--config", default="{}", help="JSON overrides of the tokenizer's constructor arguments")
+    ap.add_argument("--init-from", default=None, help="a trained tokenizer folder of the same kind and shapes: start "
+                                                      "from its weights (ignored when resuming --work)")
     ap.add_argument("--proxy", default=None, help="folder of a trained VQ tokenizer, frozen. onedpiece: the decoder "
                                                   "learns to predict its codes (TiTok's proxy-code stage); seed: the "
                                                   "Q-Former reads its code grid (SEED's frozen image encoder)")
@@ -75,7 +92,10 @@ def main(argv=None):
     work = args.work or f"runs/train_{args.kind}"
     acc = Accelerator(cpu=not torch.cuda.is_available())
     make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
-    model, opt, step = resume_or_start(work, "model", build_model(args.kind, json.loads(args.config), args.proxy), make_opt)
+    model = build_model(args.kind, json.loads(args.config), args.proxy)
+    if args.init_from and load_trainer_state(work) is None:
+        warm_start(model, args.init_from)
+    model, opt, step = resume_or_start(work, "model", model, make_opt)
     check_resumable(step, args.steps, work)
     model, opt = acc.prepare(model, opt)
     gen = torch.Generator().manual_seed(args.seed * 1000 + step)
@@ -116,7 +136,7 @@ def main(argv=None):
             lengths = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k]
             metrics["psnr_vs_length"] = prefix_curve(model, lengths)
             metrics["judge_vs_length"] = prefix_adherence(model, judge, lengths)
-        metrics.update(steps=step + 1, threads=torch.get_num_threads(), **log.record(step + 1))
+        metrics.update(steps=step + 1, threads=torch.get_num_threads(), init_from=args.init_from, **log.record(step + 1))
         export_with_metrics(model, args.out, metrics)
 
 
