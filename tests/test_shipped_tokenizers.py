@@ -48,18 +48,36 @@ def test_semantic_tokens_retrieve_their_caption(scenes, path, floor):
     assert (sim.argmax(1) == torch.arange(len(caps))).float().mean() >= floor
 
 
-def test_onedpiece_quality_does_not_fall_with_length():
+def test_onedpiece_quality_grows_with_length():
+    """PSNR of decode(ids, length=k) on 48 held-out scenes + 48 photo crops, every k in 1..32: it never falls
+    by more than 0.15 dB below the best shorter prefix (measured worst -0.06 dB) and rises by 6.93 dB from 1 to
+    32 tokens (17.89 -> 24.82 dB). The session-17 checkpoint (18.15 dB flat, background only) fails this."""
     tok = _tok("tok-onedpiece")
     x = torch.cat([to_tensor(SceneDataset(48, seed=999).arrays()[0]), to_tensor(photo_crops(48, seed=123))])
     with torch.no_grad():
         ids = tok.encode(x).ids
         curve = [psnr(tok.decode(ids, length=k).clamp(-1, 1), x) for k in range(1, tok.config.num_latent_tokens + 1)]
-    # every prefix length, each at most 0.15 dB below the best shorter prefix (measured worst: -0.013 dB)
     assert all(b >= max(curve[:i + 1]) - 0.15 for i, b in enumerate(curve[1:])), curve
-    # measured 18.15 dB (scenes) / 17.2 dB (photos) at 32 tokens. The issue's aim, quality that grows with
-    # length, is NOT met by this checkpoint: the curve is nearly flat (+0.65 dB on photos, none on scenes),
-    # see docs/BENCHMARKS.md; so no gain is asserted here.
-    assert curve[-1] >= 16.5, curve
+    assert curve[-1] - curve[0] >= 5.9 and curve[-1] >= 23.8, curve
+
+
+def test_onedpiece_prefixes_draw_more_of_the_scene():
+    """The scene judge on 96 held-out scenes (seed 997) decoded from 1, 8 and 32 tokens: adherence measured
+    0.021 / 0.25 / 0.406 (shape 0.021 / 0.375 / 0.469): the first tokens give the background, later ones the
+    shapes, colours and sizes."""
+    from mmgen.eval.evaluate import load_judges
+    from mmgen.eval.judges import attribute_matches
+
+    tok = _tok("tok-onedpiece")
+    imgs, specs = SceneDataset(96, seed=997).arrays()
+    judge = load_judges()[0]
+    with torch.no_grad():
+        ids = tok.encode(to_tensor(imgs)).ids
+        rate = {k: attribute_matches(judge.predict(tok.decode(ids, length=k).clamp(-1, 1)), specs)
+                for k in (1, 8, 32)}
+    assert rate[1]["background"].mean() >= 0.95
+    assert rate[8]["all"].mean() - rate[1]["all"].mean() >= 0.13
+    assert rate[32]["all"].mean() >= 0.3 and rate[32]["shape"].mean() >= 0.37
 
 
 @pytest.mark.parametrize("name", ["scenes-t2i-seed", "scenes-t2i-tokenflow", "scenes-t2i-hita"])
