@@ -24,6 +24,11 @@ How the K tokens are read from and written to the patch grid (``latent_io``):
   frozen inputs, wide position init; docs/BENCHMARKS.md); a position-specific mixing has no such
   symmetry to break and draws the shapes.
 
+Training order of the shipped tokenizer (a deviation; the paper applies Tail Token Drop from the start):
+first without tail drop (``tail_drop=False``), then with it from those weights (the trainer's
+``--init-from``), as TiTok trains in two stages. From the start, tail drop cost 3.6 dB and most of the
+judge's score at full length in the CPU budget (docs/BENCHMARKS.md, session 18).
+
 Two training targets. Pixel mode (default): the decoder's patch features go through a conv head to
 pixels, L2 + L1. Proxy mode (``proxy_vq`` = the config of a trained :class:`VQTokenizer`, weights
 loaded by the trainer's ``--proxy``): TiTok's first training stage, where the decoder predicts the

@@ -1,7 +1,11 @@
 """Train one tokenizer of the family (SEED, TokenFlow, Hita, One-D-Piece) on captioned scenes plus
 photo crops, and export it to a local folder with its reconstruction figures (metrics.json).
 
-    python -m mmgen.train.train_visual_tokenizer --kind onedpiece --out assets/tok-onedpiece --steps 1500
+    python -m mmgen.train.train_visual_tokenizer --kind hita --out runs/tok-hita --steps 3000 --threads 1
+
+(README.md and docs/BENCHMARKS.md list the exact commands of every shipped tokenizer.) ``--init-from FOLDER``
+starts from a trained tokenizer's weights and codebook: One-D-Piece's shipped model is trained without tail
+drop, then with it from those weights.
 
 Every tokenizer exposes ``losses(images, captions, generator)``; captions label the scene part of
 each batch (the contrastive terms of SEED and TokenFlow use them), photo crops only enter the
