@@ -164,7 +164,9 @@ def trim_silence(x: np.ndarray, sample_rate: int = SAMPLE_RATE, threshold_db: fl
 
 
 def synthesize(text: str, voice: str = TEST_VOICE, speed: int = TEST_SPEED) -> np.ndarray:
-    """eSpeak NG speech for ``text``: float32 mono (T,) at 16 kHz, trimmed, peak 0.9. Deterministic."""
+    """eSpeak NG speech for ``text``: float32 mono (T,) at 16 kHz, trimmed, peak 0.9. Deterministic up to the
+    breath noise of variants such as +f2, which eSpeak NG 1.51 draws from the C library's ``rand()``
+    (espeak-ng issue #1528): a rare call differs by ~1e-4 in some samples."""
     import soundfile as sf
     from scipy.signal import resample_poly
 

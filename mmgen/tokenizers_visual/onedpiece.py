@@ -17,8 +17,8 @@ How the K tokens are read from and written to the patch grid (``latent_io``):
   mixed into the K tokens by one learned position-specific Linear over the flattened grid, and the
   decoder un-mixes the K tokens (dropped ones replaced by a learned per-slot "dropped" vector) back
   into patch features the same way (then its ViT blocks, if any). The shipped model has no ViT
-  blocks (depth 0, the default): in a probe with 2 + 2 blocks the pixel loss diverged within 250
-  steps at lr 1e-3 and 5e-4 (docs/BENCHMARKS.md). Deviation, for this CPU scale: with latent
+  blocks (depth 0, the default): a probe with 2 + 2 blocks did not learn (11.6 dB at step 250, at
+  lr 1e-3 and 5e-4; docs/BENCHMARKS.md). Deviation, for this CPU scale: with latent
   queries the tiny model's K tokens came out nearly identical (cosine 0.99) and decoded the
   background only, in every run of sessions 4-17 (pixel and proxy targets, with and without VQ,
   frozen inputs, wide position init; docs/BENCHMARKS.md); a position-specific mixing has no such
