@@ -63,9 +63,11 @@ def warm_start(model, folder: str) -> None:
     try:
         missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
     except RuntimeError as e:  # a shape mismatch
-        raise ValueError(f"--init-from {folder}: weights do not fit --config ({str(e).splitlines()[-1].strip()})") from None
+        detail = str(e).splitlines()[-1].strip()
+        raise ValueError(f"--init-from {folder}: weights do not fit --config ({detail})") from None
     if missing or unexpected:
-        raise ValueError(f"--init-from {folder}: weights do not fit --config (missing {missing}, unexpected {unexpected})")
+        raise ValueError(f"--init-from {folder}: weights do not fit --config "
+                         f"(missing {missing}, unexpected {unexpected})")
 
 
 def main(argv=None):
@@ -140,7 +142,8 @@ def main(argv=None):
             lengths = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k]
             metrics["psnr_vs_length"] = prefix_curve(model, lengths)
             metrics["judge_vs_length"] = prefix_adherence(model, judge, lengths)
-        metrics.update(steps=step + 1, threads=torch.get_num_threads(), init_from=args.init_from, **log.record(step + 1))
+        metrics.update(steps=step + 1, threads=torch.get_num_threads(), init_from=args.init_from,
+                       **log.record(step + 1))
         export_with_metrics(model, args.out, metrics)
 
 
