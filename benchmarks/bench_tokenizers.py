@@ -30,7 +30,7 @@ from mmgen.records import command_line  # noqa: E402
 ROWS = [("VQ (LlamaGen)", "vq", None), ("VQ, patch-local encoder", "vq-local", "scenes-t2i"),
         ("SEED", "scenes-t2i-seed/vq", "scenes-t2i-seed"),
         ("TokenFlow", "scenes-t2i-tokenflow/vq", "scenes-t2i-tokenflow"), ("Hita", "scenes-t2i-hita/vq", "scenes-t2i-hita"),
-        ("One-D-Piece", "tok-onedpiece", None)]
+        ("One-D-Piece", "tok-onedpiece", "scenes-t2i-onedpiece")]
 FOLDERS = [r[1] for r in ROWS]
 
 

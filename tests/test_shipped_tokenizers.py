@@ -80,7 +80,7 @@ def test_onedpiece_prefixes_draw_more_of_the_scene():
     assert rate[32]["all"].mean() >= 0.3 and rate[32]["shape"].mean() >= 0.37
 
 
-@pytest.mark.parametrize("name", ["scenes-t2i-seed", "scenes-t2i-tokenflow", "scenes-t2i-hita"])
+@pytest.mark.parametrize("name", ["scenes-t2i-seed", "scenes-t2i-tokenflow", "scenes-t2i-hita", "scenes-t2i-onedpiece"])
 def test_generators_on_family_tokens_generate(name):
     from mmgen.pipelines import ARImagePipeline
 
