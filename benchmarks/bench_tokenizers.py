@@ -9,6 +9,7 @@ pipeline's eval.json (scripts/evaluate.py). Also draws One-D-Piece's PSNR-vs-len
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import sys
 from datetime import date
@@ -20,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.assets import assets_dir  # noqa: E402
 from mmgen.eval.evaluate import load_judges  # noqa: E402
-from mmgen.eval.tokenizer_metrics import prefix_adherence, prefix_curve, tokenizer_report  # noqa: E402
-from mmgen.pipelines.batch import atomic_write_json  # noqa: E402
+from mmgen.eval.tokenizer_metrics import (prefix_adherence, prefix_curve, prefix_lengths,  # noqa: E402
+                                          tokenizer_report)
+from mmgen.pipelines.batch import atomic_write_bytes, atomic_write_json  # noqa: E402
 from mmgen.tokenizers_visual import load_tokenizer  # noqa: E402
 from mmgen.train.common import set_threads  # noqa: E402
 from mmgen.records import command_line  # noqa: E402
@@ -59,10 +61,10 @@ def plot_curve(psnr_curve: dict, judge_curve: dict, path: Path) -> None:
         a.legend()
     fig.suptitle("One-D-Piece: quality vs length")
     fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
+    atomic_write_bytes(path, buf.getvalue())  # per-process temp file renamed into place, as every other figure
 
 
 def main(argv=None):
@@ -93,8 +95,7 @@ def main(argv=None):
             row.update(t2i_adherence=ev["prompt_adherence"], t2i_judge_fd=ev["judge_fd"],
                        t2i_fd_real_vs_real=ev["judge_fd_real_vs_real"], t2i_guidance=ev.get("guidance_scale"))
         if name == "One-D-Piece":
-            k = tok.config.num_latent_tokens
-            lengths = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= k]
+            lengths = prefix_lengths(tok.config.num_latent_tokens)
             row["psnr_vs_length"] = prefix_curve(tok, lengths, n=args.n)
             row["judge_vs_length"] = prefix_adherence(tok, judge, lengths)
             plot_curve(row["psnr_vs_length"], row["judge_vs_length"], Path(args.plot))

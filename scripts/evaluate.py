@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmgen.assets import model_path  # noqa: E402
 from mmgen.data import SceneDataset  # noqa: E402
+from mmgen.decoding.sampling import check_guidance, check_temperature  # noqa: E402
 from mmgen.eval.evaluate import (  # noqa: E402
     evaluate_digit_pipeline,
     evaluate_scene_pipeline,
@@ -84,10 +85,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
-    if any(not c >= 0 for c in args.cfg_grid):
-        raise ValueError(f"cfg-grid values must be >= 0, got {args.cfg_grid}")
-    if any(t <= 0 for t in args.temperature_grid):
-        raise ValueError(f"temperature-grid values must be > 0, got {args.temperature_grid}")
+    for c in args.cfg_grid:  # the pipeline's own ranges, checked before any model is loaded
+        check_guidance(c, "--cfg-grid values")
+    for t in args.temperature_grid:
+        check_temperature(t, name="--temperature-grid values")
     temps = list(dict.fromkeys(args.temperature_grid))
     threads = set_threads(args.threads)
     scene_judge, digit_judge = load_judges()

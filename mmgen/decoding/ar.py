@@ -24,7 +24,7 @@ class ARDecoder(Decoder):
         for i in range(n):
             tokens[:, i] = pick(logits, sampling, rng)
             stats.accepted_lengths.extend([1] * b)
-            self._apply_callback(callback, i, tokens, slice(0, i + 1), state.first_logits.shape[-1])
+            self._apply_callback(callback, i, tokens, slice(0, i + 1), state)
             if i + 1 < n:
                 pos = torch.full((b, 1), i, dtype=torch.long, device=dev)
                 logits = generator.forward_step(state, tokens[:, i : i + 1], pos).logits[:, -1]

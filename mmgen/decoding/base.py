@@ -93,16 +93,17 @@ class Decoder:
                            batch_size=state.batch_size), device_clock(state.first_logits.device)
 
     @staticmethod
-    def _apply_callback(callback, step: int, tokens: torch.Tensor, committed, vocab_size: int) -> None:
+    def _apply_callback(callback, step: int, tokens: torch.Tensor, committed, state) -> None:
         """callback(step, tokens[:, committed] (B, n)): the committed tokens (``committed`` a slice, or an index
-        tensor for NAR's generation order); a returned edit, checked by :func:`check_token_edit`, is written
-        back before they are fed."""
+        tensor for NAR's generation order); a returned edit, checked by :func:`check_token_edit` against the
+        vocabulary of ``state.first_logits`` (B, ..., V), is written back before they are fed."""
         if callback is None:
             return
         old = tokens[:, committed]
         new = callback(step, old)
         if new is not None:
-            tokens[:, committed] = check_token_edit(new, old, vocab_size).to(tokens.device, tokens.dtype)
+            v = state.first_logits.shape[-1]
+            tokens[:, committed] = check_token_edit(new, old, v).to(tokens.device, tokens.dtype)
 
     @staticmethod
     def _elapsed(state, t0: float) -> float:

@@ -63,7 +63,7 @@ class NARDecoder(Decoder):
         tokens[:, 0] = pick(state.first_logits, sampling, rng)
         stats.accepted_lengths.extend([1] * b)
         order = emission_order(g).to(dev)  # (G^2,) raster index of the i-th generated cell
-        self._apply_callback(callback, 0, tokens, order[:1], state.first_logits.shape[-1])
+        self._apply_callback(callback, 0, tokens, order[:1], state)
         prev = torch.zeros(1, dtype=torch.long, device=dev)  # diagonal 0
         done = 1
         for s, (cells, left, up) in enumerate(neighbour_plan(g), start=1):
@@ -78,7 +78,7 @@ class NARDecoder(Decoder):
             tokens[:, cells] = new
             done += len(cells)
             stats.accepted_lengths.extend([len(cells)] * b)
-            self._apply_callback(callback, s, tokens, order[:done], state.first_logits.shape[-1])
+            self._apply_callback(callback, s, tokens, order[:done], state)
             prev = cells
         stats.wall_time = self._elapsed(state, t0)
         return DecodeResult(tokens, stats)

@@ -31,7 +31,7 @@ class NBPDecoder(Decoder):
             tokens[:, r * blk:(r + 1) * blk] = pick(logits.flatten(0, 1), sampling, _rows(rng, b, blk)).view(b, blk)
             stats.accepted_lengths.extend([blk] * b)
             # an edit lands before block r is fed
-            self._apply_callback(callback, r, tokens, slice(0, (r + 1) * blk), state.first_logits.shape[-1])
+            self._apply_callback(callback, r, tokens, slice(0, (r + 1) * blk), state)
             if (r + 1) * blk < n:
                 pos = torch.arange(r * blk, (r + 1) * blk, device=dev).expand(b, -1)
                 logits = generator.forward_step(state, tokens[:, r * blk:(r + 1) * blk], pos).logits

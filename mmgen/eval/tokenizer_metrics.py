@@ -57,6 +57,11 @@ def tokenizer_report(tok, n: int = 256, judge=None, batch: int = 64) -> dict:
     return out
 
 
+def prefix_lengths(k: int) -> list[int]:
+    """The prefix lengths a One-D-Piece curve is measured at: the powers of two up to ``k`` tokens."""
+    return [2 ** i for i in range(k.bit_length())]
+
+
 @torch.no_grad()
 def prefix_curve(tok, lengths: list[int], n: int = 256) -> dict[str, dict[int, float]]:
     """One-D-Piece: PSNR (dB) of ``decode(ids, length=k)`` for each k, on held-out scenes and photos."""

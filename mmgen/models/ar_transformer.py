@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
+from ..decoding.sampling import check_guidance
 from ..safetensors_only import SafetensorsOnly
 from .attention import attention
 from .rope import apply_rope, rope_2d_table
@@ -433,8 +434,7 @@ class ARTransformer(SafetensorsOnly, ModelMixin, ConfigMixin):
         last token (raster only: speculative windows at the end).
         """
         self.check_condition(condition)
-        if guidance_scale < 0:
-            raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
+        check_guidance(guidance_scale)
         if cfg_interval is not None and not (
                 isinstance(cfg_interval, (tuple, list)) and len(cfg_interval) == 2
                 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in cfg_interval)

@@ -231,10 +231,9 @@ class SEEDTokenizer(SafetensorsOnly, ModelMixin, ConfigMixin, VisualTokenizerMix
             return self._render(self._generation_embedding(self.codebook[ids])[1])
         cfg = self.config.render_guidance if guidance_scale is None else guidance_scale
         temp = self.config.render_temperature if temperature is None else temperature
-        check_guidance(cfg)
-        check_temperature(temp)
+        sampling = SamplingConfig(temperature=temp)  # checks temp; prefill checks cfg
         state = self.render_transformer.prefill(self.render_condition(ids), guidance_scale=cfg)
-        codes = ARDecoder().decode(self.render_transformer, state, SamplingConfig(temperature=temp), generator).tokens
+        codes = ARDecoder().decode(self.render_transformer, state, sampling, generator).tokens
         return self.vision.decode(codes)  # codes (B, g * g) raster -> the frozen VQ's pixels
 
     @torch.no_grad()

@@ -133,13 +133,12 @@ def main(argv=None):
 
     if acc.is_main_process:
         from ..eval.evaluate import load_judges
-        from ..eval.tokenizer_metrics import prefix_adherence, prefix_curve, tokenizer_report
+        from ..eval.tokenizer_metrics import prefix_adherence, prefix_curve, prefix_lengths, tokenizer_report
         model = acc.unwrap_model(model).eval()
         judge = load_judges()[0]
         metrics = tokenizer_report(model, judge=judge)
         if args.kind == "onedpiece":
-            k = model.config.num_latent_tokens
-            lengths = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= k]
+            lengths = prefix_lengths(model.config.num_latent_tokens)
             metrics["psnr_vs_length"] = prefix_curve(model, lengths)
             metrics["judge_vs_length"] = prefix_adherence(model, judge, lengths)
         metrics.update(steps=step + 1, threads=torch.get_num_threads(), init_from=args.init_from,
